@@ -171,7 +171,7 @@ AS $$
         lpad((s / 3600)::text, greatest(2, length((s / 3600)::text)), '0')
         || ':' || lpad(((s / 60) % 60)::text, 2, '0')
         || ':' || lpad((s % 60)::text, 2, '0')
-        || ':' || lpad((f % n)::text, 2, '0')
+        || ':' || lpad((f % n)::text, greatest(2, length((f % n)::text)), '0')
     END
     FROM (SELECT greatest(p_frame, 0) AS f,
                  (p_fps_num + p_fps_den / 2) / p_fps_den AS n) AS r,
@@ -188,7 +188,10 @@ AS $$
     SELECT floor(p_seconds * p_fps_num / p_fps_den + 0.5)::bigint
 $$;
 
--- The film's counters as the callers see them.
+-- The film's counters as the callers see them. "finished" is true only for
+-- the call whose change finished the film; "filmFinished" says whether the
+-- film is finished at all (a caller whose answer was lost and who repeats its
+-- call learns it that way).
 CREATE OR REPLACE FUNCTION shotlist.progress_json(p_video shotlist.videos, p_finished boolean)
 RETURNS jsonb
 LANGUAGE sql
@@ -199,7 +202,8 @@ AS $$
         'completedChunks', p_video.completed_chunks,
         'failedChunks', p_video.failed_chunks,
         'totalChunks', p_video.total_chunks,
-        'finished', p_finished)
+        'finished', p_finished,
+        'filmFinished', p_video.finished_at IS NOT NULL)
 $$;
 
 -- Counts one chunk's move into a terminal status. The caller has already
@@ -375,9 +379,9 @@ BEGIN
 END
 $$;
 
--- The old system's entry point, made safe: it changes one chunk row, never
--- moves a completed or failed chunk, and reports "finished" to exactly one
--- caller per film. 'processing' counts as an attempt with a 10-minute lease.
+-- The old system's entry point, made safe: it changes one chunk row, moves
+-- status only forward, and reports "finished" to exactly one caller per film.
+-- 'processing' counts as an attempt with a 10-minute lease.
 CREATE OR REPLACE FUNCTION public.update_chunk_status(
     p_video_id uuid,
     p_chunk_index integer,
@@ -395,7 +399,11 @@ BEGIN
             USING ERRCODE = '22023';
     END IF;
     v_chunk := shotlist.lock_chunk(p_video_id, p_chunk_index);
-    IF v_chunk.status IN ('completed', 'failed') OR v_chunk.status = p_status THEN
+    -- Status only moves forward: pending -> processing -> completed | failed.
+    -- Anything else (a duplicate, a late 'processing', a 'pending' for a
+    -- claimed chunk) changes nothing.
+    IF v_chunk.status IN ('completed', 'failed') OR v_chunk.status = p_status
+       OR p_status = 'pending' THEN
         RETURN shotlist.progress_json(shotlist.video_row(p_video_id), false);
     END IF;
     UPDATE shotlist.chunks
@@ -492,6 +500,47 @@ BEGIN
 END
 $$;
 
+-- What is wrong with one element of complete_chunk's p_shots, or NULL when
+-- it is a shot inside the chunk's frames [p_start, p_end). Checked in order,
+-- so that no cast below can fail.
+CREATE OR REPLACE FUNCTION shotlist.shot_problem(p_shot jsonb, p_start bigint, p_end bigint)
+RETURNS text
+LANGUAGE plpgsql
+IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_start numeric;
+    v_end numeric;
+BEGIN
+    IF jsonb_typeof(p_shot) IS DISTINCT FROM 'object' THEN
+        RETURN 'is not an object';
+    END IF;
+    IF jsonb_typeof(p_shot -> 'startFrame') IS DISTINCT FROM 'number'
+       OR jsonb_typeof(p_shot -> 'endFrame') IS DISTINCT FROM 'number' THEN
+        RETURN 'needs numeric startFrame and endFrame';
+    END IF;
+    v_start := (p_shot ->> 'startFrame')::numeric;
+    v_end := (p_shot ->> 'endFrame')::numeric;
+    IF v_start <> trunc(v_start) OR v_end <> trunc(v_end) THEN
+        RETURN 'has a fractional frame';
+    END IF;
+    IF v_start < p_start OR v_end > p_end OR v_start >= v_end THEN
+        RETURN format('is not a shot inside the chunk''s frames %s to %s', p_start, p_end);
+    END IF;
+    IF coalesce(p_shot ->> 'type', 'other') NOT IN ('close-up', 'medium', 'wide', 'detail', 'insert', 'other') THEN
+        RETURN 'has an unknown type (expected close-up, medium, wide, detail, insert or other)';
+    END IF;
+    IF p_shot ? 'dialogue' AND jsonb_typeof(p_shot -> 'dialogue') IS DISTINCT FROM 'array' THEN
+        RETURN 'has a dialogue that is not an array';
+    END IF;
+    IF p_shot ? 'description' AND jsonb_typeof(p_shot -> 'description') IS DISTINCT FROM 'string' THEN
+        RETURN 'has a description that is not a string';
+    END IF;
+    RETURN NULL;
+END
+$$;
+
 -- Saves a chunk's shots and marks it completed, in one transaction, for the
 -- holder of the current lease only. p_shots is a JSON array of
 -- {"startFrame", "endFrame", "type", "description", "dialogue"} in absolute
@@ -524,18 +573,14 @@ BEGIN
         RETURN shotlist.progress_json(shotlist.video_row(p_video_id), false)
             || jsonb_build_object('outcome', 'lease_lost', 'status', v_chunk.status);
     END IF;
-    SELECT s.ordinality, s.value INTO v_bad
+    SELECT s.ordinality, s.value, shotlist.shot_problem(s.value, v_chunk.start_frame, v_chunk.end_frame) AS problem
+    INTO v_bad
     FROM jsonb_array_elements(p_shots) WITH ORDINALITY AS s
-    WHERE jsonb_typeof(s.value) <> 'object'
-       OR jsonb_typeof(s.value -> 'startFrame') <> 'number'
-       OR jsonb_typeof(s.value -> 'endFrame') <> 'number'
-       OR (s.value ->> 'startFrame')::numeric < v_chunk.start_frame
-       OR (s.value ->> 'endFrame')::numeric > v_chunk.end_frame
-       OR (s.value ->> 'startFrame')::numeric >= (s.value ->> 'endFrame')::numeric
+    WHERE shotlist.shot_problem(s.value, v_chunk.start_frame, v_chunk.end_frame) IS NOT NULL
+    ORDER BY s.ordinality
     LIMIT 1;
     IF FOUND THEN
-        RAISE EXCEPTION 'p_shots[%] is not a shot inside chunk % (frames % to %): %',
-            v_bad.ordinality - 1, p_chunk_index, v_chunk.start_frame, v_chunk.end_frame, left(v_bad.value::text, 200)
+        RAISE EXCEPTION 'p_shots[%] %: %', v_bad.ordinality - 1, v_bad.problem, left(v_bad.value::text, 200)
             USING ERRCODE = '22023';
     END IF;
     DELETE FROM shotlist.shots

@@ -1,1 +1,319 @@
-fn main() {}
+//! `shotlist`: turns a film into a shot list on one machine.
+//!
+//! `shotlist process FILM` probes the film, cuts it into overlapping chunks,
+//! analyzes them a few at a time and writes `sheet.json` and `sheet.csv`. All
+//! state lives in PostgreSQL: the server named by `--database-url` (or
+//! `DATABASE_URL`), or else a private server started for the run and removed
+//! afterwards, also on failure and on Ctrl-C. `shotlist migrate` only brings
+//! a database's schema up to date.
+//!
+//! Results go to stdout; progress, logs (`RUST_LOG`, default `warn`) and
+//! errors go to stderr. A failure is one line, `shotlist: error: <reason>`,
+//! and a non-zero exit status.
+
+mod args;
+mod progress;
+mod redact;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use shotlist_shared::db::{Db, DbError};
+use shotlist_shared::export::{self, ExportError, SheetFiles};
+use shotlist_shared::localdb::{LocalDbError, TempCluster};
+use shotlist_shared::runner::{self, RunError};
+use shotlist_shared::sheet::{Sheet, SheetStatus};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+use crate::args::{Cli, Command, MigrateArgs, ProcessArgs, ProcessSettings};
+use crate::progress::{one_line, Progress};
+
+/// Where sheets go without `--out`: `<this>/<video id>`.
+const DEFAULT_OUT_ROOT: &str = "shotlist-out";
+
+/// Connections beyond one per chunk in flight, for progress reads and
+/// finalizing.
+const SPARE_CONNECTIONS: usize = 2;
+
+/// Exit status for bad arguments (as clap uses).
+const EXIT_USAGE: u8 = 2;
+
+/// Exit status after Ctrl-C (128 + SIGINT, as shells report it).
+const EXIT_INTERRUPTED: u8 = 130;
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    Usage(#[from] args::ArgError),
+    #[error("could not start the embedded PostgreSQL: {0}")]
+    LocalDb(#[from] LocalDbError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error("could not write the sheet: {0}")]
+    Export(#[from] ExportError),
+    #[error("interrupted")]
+    Interrupted,
+    #[error("the embedded PostgreSQL start-up task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+    #[error("could not {what}: {source}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl CliError {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            CliError::Usage(_) => ExitCode::from(EXIT_USAGE),
+            CliError::Interrupted => ExitCode::from(EXIT_INTERRUPTED),
+            _ => ExitCode::FAILURE,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return usage_error(error),
+    };
+    init_tracing();
+    let secrets = match &cli.command {
+        Command::Process(ProcessArgs {
+            database_url: Some(url),
+            ..
+        })
+        | Command::Migrate(MigrateArgs { database_url: url }) => redact::secrets(url),
+        Command::Process(_) => Vec::new(),
+    };
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| CliError::Io {
+            what: "start the async runtime",
+            source,
+        })
+        .and_then(|runtime| runtime.block_on(run(cli.command)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("shotlist: error: {}", describe(&error, &secrets));
+            error.exit_code()
+        }
+    }
+}
+
+/// Prints clap's help and version as clap does; any other parse error as
+/// one line in shotlist's error format.
+fn usage_error(error: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match error.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            // Printing help can only fail on a closed stdout; nothing to add then.
+            let _ = error.print();
+            ExitCode::from(error.exit_code().clamp(0, 255) as u8)
+        }
+        _ => {
+            // clap's first paragraph is the reason; usage and tips follow.
+            let text = error.to_string();
+            let first = text.split("\n\n").next().unwrap_or_default();
+            let reason = one_line(first.strip_prefix("error: ").unwrap_or(first));
+            eprintln!("shotlist: error: {reason} (see shotlist --help)");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+/// Logs to stderr at the level `RUST_LOG` sets, `warn` by default so a
+/// progress bar stays readable.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // Fails only when a subscriber is already set, which is then used.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+/// The error and its causes on one line, without any password.
+fn describe(error: &CliError, secrets: &[String]) -> String {
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(inner) = cause {
+        let inner_text = inner.to_string();
+        if !text.contains(&inner_text) {
+            text.push_str(": ");
+            text.push_str(&inner_text);
+        }
+        cause = inner.source();
+    }
+    redact::redact(&one_line(&text), secrets)
+}
+
+async fn run(command: Command) -> Result<(), CliError> {
+    match command {
+        Command::Process(args) => process(args.validate()?).await,
+        Command::Migrate(args) => migrate(&args.database_url).await,
+    }
+}
+
+async fn migrate(url: &str) -> Result<(), CliError> {
+    let db = Db::connect(url, 1).await?;
+    let applied = db.migrate().await?;
+    if applied.is_empty() {
+        println!("{}: up to date", db.target());
+    }
+    for name in applied {
+        println!("{}: applied {name}", db.target());
+    }
+    Ok(())
+}
+
+/// SIGINT (Ctrl-C) and SIGTERM, listened for from the start of a run so
+/// that neither kills the process before the private database is removed.
+struct Interrupt {
+    int: Signal,
+    term: Signal,
+}
+
+impl Interrupt {
+    fn listen() -> Result<Interrupt, CliError> {
+        let listen = |kind| {
+            signal(kind).map_err(|source| CliError::Io {
+                what: "listen for Ctrl-C",
+                source,
+            })
+        };
+        Ok(Interrupt {
+            int: listen(SignalKind::interrupt())?,
+            term: listen(SignalKind::terminate())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+    }
+
+    /// Runs `work` unless a signal comes first.
+    async fn guard<T, E>(
+        &mut self,
+        work: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, CliError>
+    where
+        CliError: From<E>,
+    {
+        tokio::select! {
+            result = work => result.map_err(CliError::from),
+            () = self.recv() => Err(CliError::Interrupted),
+        }
+    }
+}
+
+async fn process(settings: ProcessSettings) -> Result<(), CliError> {
+    let mut interrupt = Interrupt::listen()?;
+    let progress = Progress::new(std::io::stderr().is_terminal());
+    let (db, cluster) = match &settings.database_url {
+        Some(url) => (connect(url, &settings, &mut interrupt).await?, None),
+        None => {
+            progress.stage("starting the embedded PostgreSQL");
+            let cluster = start_cluster(&mut interrupt).await?;
+            match connect(&cluster.url(), &settings, &mut interrupt).await {
+                Ok(db) => (db, Some(cluster)),
+                Err(error) => {
+                    stop_cluster(cluster).await;
+                    return Err(error);
+                }
+            }
+        }
+    };
+    progress.stage("probing the film");
+    let result = interrupt
+        .guard(runner::run_local(
+            &db,
+            &settings.film,
+            &settings.options,
+            &|event| progress.on_event(event),
+        ))
+        .await;
+    progress.finish();
+    drop(db);
+    if let Some(cluster) = cluster {
+        stop_cluster(cluster).await;
+    }
+    let sheet = result?;
+    let out = settings
+        .out
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_OUT_ROOT).join(sheet.video_id.to_string()));
+    let files = export::write_sheet(&out, &sheet)?;
+    report(&sheet, &files);
+    Ok(())
+}
+
+/// Connects to the database and applies missing migrations.
+async fn connect(
+    url: &str,
+    settings: &ProcessSettings,
+    interrupt: &mut Interrupt,
+) -> Result<Db, CliError> {
+    let connections = settings.options.concurrency + SPARE_CONNECTIONS;
+    let db = interrupt.guard(Db::connect(url, connections)).await?;
+    let applied = interrupt.guard(db.migrate()).await?;
+    tracing::debug!(?applied, "migrations applied");
+    Ok(db)
+}
+
+/// Starts the private PostgreSQL off the async threads. A signal during the
+/// start waits for it to finish, then removes it.
+async fn start_cluster(interrupt: &mut Interrupt) -> Result<TempCluster, CliError> {
+    let mut start = tokio::task::spawn_blocking(TempCluster::start);
+    tokio::select! {
+        started = &mut start => Ok(started??),
+        () = interrupt.recv() => {
+            if let Ok(Ok(cluster)) = start.await {
+                stop_cluster(cluster).await;
+            }
+            Err(CliError::Interrupted)
+        }
+    }
+}
+
+/// Stops the private PostgreSQL and removes its folder (a bounded, blocking
+/// wait, so off the async threads).
+async fn stop_cluster(cluster: TempCluster) {
+    if let Err(error) = tokio::task::spawn_blocking(move || drop(cluster)).await {
+        tracing::warn!(%error, "stopping the embedded PostgreSQL failed");
+    }
+}
+
+/// Prints where the sheet is and a one-line summary on stdout.
+fn report(sheet: &Sheet, files: &SheetFiles) {
+    println!("{}", files.json.display());
+    println!("{}", files.csv.display());
+    println!(
+        "{} shots, {}/{} chunks completed, {} failed",
+        sheet.shots.len(),
+        sheet.completed_chunks,
+        sheet.total_chunks,
+        sheet.failed_chunks
+    );
+    if sheet.status == SheetStatus::Partial {
+        eprintln!(
+            "shotlist: warning: the sheet is partial: {} part(s) of the film were not analyzed \
+             (see \"gaps\" in sheet.json)",
+            sheet.gaps.len()
+        );
+    }
+}

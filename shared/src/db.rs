@@ -1,1 +1,602 @@
-//! (being written)
+//! Database access: the SQL functions of `migrations/`, called over
+//! tokio-postgres.
+//!
+//! Every call is one unnamed statement with explicitly typed parameters
+//! (`query_typed`), so it works through Supabase's transaction pooler, which
+//! does not keep named prepared statements. The connection uses TLS through
+//! postgres-native-tls when the URL asks for it (`sslmode=require`); a PEM
+//! file named by `DATABASE_CA_CERT` is trusted as an extra root. A call that
+//! finds its pooled connection dead is tried once more on a fresh one: the
+//! functions are written so that repeating a call is harmless.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use serde::Deserialize;
+use serde_json::Value;
+use tokio_postgres::types::{ToSql, Type};
+use uuid::Uuid;
+
+use crate::merge::{self, ChunkOutcome, ChunkResult};
+use crate::model::Shot;
+use crate::plan::{FrameSpan, PlanParams};
+use crate::probe::MediaInfo;
+use crate::sheet::{Sheet, SheetStatus};
+use crate::time::Fps;
+
+/// The migrations, applied in this order. A test checks that this list and
+/// the `migrations/` folder agree.
+pub const MIGRATIONS: &[(&str, &str)] = &[("0001_core", include_str!("../../migrations/0001_core.sql"))];
+
+/// Serializes concurrent migrators of one database.
+const MIGRATION_LOCK: i64 = 0x5307_1157;
+
+/// Errors of database calls. Each knows whether trying again can help.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("invalid database url: {0}")]
+    BadUrl(String),
+    #[error("cannot set up TLS for the database connection: {0}")]
+    Tls(String),
+    #[error("cannot connect to the database at {target}: {detail}")]
+    Connect { target: String, detail: String },
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    NotReady(String),
+    #[error("database error while {what}: {source}")]
+    Query {
+        what: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("unexpected answer from {what}: {detail}")]
+    Decode { what: String, detail: String },
+}
+
+impl DbError {
+    /// True when the same call may succeed later: the database was
+    /// unreachable, restarting, or chose this transaction as a deadlock or
+    /// serialization victim. Bad arguments and unknown films are permanent.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            DbError::Connect { .. } => true,
+            DbError::Query { source, .. } => is_transient(source),
+            _ => false,
+        }
+    }
+
+    fn from_query(what: &str, source: tokio_postgres::Error) -> DbError {
+        let message = || source.as_db_error().map(|e| e.message().to_string()).unwrap_or_default();
+        match source.code().map(|c| c.code()) {
+            Some("22023") => DbError::InvalidArgument(message()),
+            Some("P0002") => DbError::NotFound(message()),
+            Some("55000") => DbError::NotReady(message()),
+            _ => DbError::Query { what: what.to_string(), source },
+        }
+    }
+}
+
+/// Whether a query error came from the connection rather than the query.
+fn is_connection_lost(error: &tokio_postgres::Error) -> bool {
+    if error.is_closed() {
+        return true;
+    }
+    let code = error.code().map(|c| c.code()).unwrap_or("");
+    if code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03") {
+        return true;
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    while let Some(e) = cause {
+        if e.is::<std::io::Error>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+fn is_transient(error: &tokio_postgres::Error) -> bool {
+    let code = error.code().map(|c| c.code()).unwrap_or("");
+    is_connection_lost(error) || matches!(code, "40001" | "40P01" | "53300" | "57014")
+}
+
+/// The film's chunk counters after a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Progress {
+    pub completed_chunks: u32,
+    pub failed_chunks: u32,
+    pub total_chunks: u32,
+    /// True for exactly one call per film: the one whose change made every
+    /// chunk completed or failed.
+    pub finished: bool,
+    /// Whether the film is finished at all.
+    #[serde(default)]
+    pub film_finished: bool,
+}
+
+/// What a commit or failure report did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The shots are saved and the chunk is completed.
+    Completed,
+    /// A duplicate: the chunk was already completed; nothing was written.
+    AlreadyCompleted,
+    /// The chunk was already failed (e.g. force-finalized); nothing written.
+    AlreadyFailed,
+    /// Another worker holds the chunk now, or nobody does; nothing written.
+    LeaseLost,
+    /// The attempt failed and the chunk is pending again.
+    Retry,
+    /// The chunk failed for good.
+    Failed,
+}
+
+/// The answer of `complete_chunk` and `fail_chunk`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct Report {
+    pub outcome: Outcome,
+    #[serde(flatten)]
+    pub progress: Progress,
+}
+
+/// A chunk this worker now holds.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimedChunk {
+    pub lease_token: Uuid,
+    pub attempt: u32,
+    pub chunk_index: u32,
+    pub total_chunks: u32,
+    pub start_frame: i64,
+    pub end_frame: i64,
+    pub source: Option<String>,
+    pub fps: String,
+    pub duration_frames: i64,
+    pub media: Value,
+}
+
+/// The answer of `claim_chunk`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    Claimed(Box<ClaimedChunk>),
+    /// Another worker holds a live lease on it.
+    Busy,
+    /// Completed or failed already (a duplicate delivery): nothing to do.
+    /// `progress` is set when this claim itself failed the chunk for having
+    /// used up its attempts.
+    Terminal { status: String, progress: Option<Progress> },
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ClaimAnswer {
+    claimed: bool,
+    status: String,
+    #[serde(default)]
+    total_chunks: Option<u32>,
+}
+
+/// Everything the merge needs, as `chunk_results` returns it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FilmResults {
+    pub video_id: Uuid,
+    pub source: Option<String>,
+    pub fps: Option<String>,
+    pub duration_frames: Option<i64>,
+    pub total_chunks: u32,
+    pub finished: bool,
+    pub chunks: Vec<ChunkRow>,
+}
+
+/// One chunk in [`FilmResults`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChunkRow {
+    pub index: u32,
+    pub start_frame: Option<i64>,
+    pub end_frame: Option<i64>,
+    pub status: String,
+    pub error: Option<String>,
+    pub shots: Vec<Shot>,
+}
+
+/// A pool of connections to the shotlist database.
+#[derive(Clone)]
+pub struct Db {
+    pool: Pool,
+    target: String,
+}
+
+impl Db {
+    /// Opens a pool of at most `max_connections` to `url` (a `postgresql://`
+    /// URL or `key=value` string) and checks that the server answers.
+    pub async fn connect(url: &str, max_connections: usize) -> Result<Db, DbError> {
+        let config = tokio_postgres::Config::from_str(url).map_err(|e| DbError::BadUrl(e.to_string()))?;
+        let target = describe_target(&config);
+        let mut config = config;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(10));
+        }
+        let manager_config = ManagerConfig { recycling_method: RecyclingMethod::Fast };
+        let manager = Manager::from_config(config, tls_connector()?, manager_config);
+        let pool = Pool::builder(manager)
+            .max_size(max_connections.max(1))
+            .build()
+            .map_err(|e| DbError::BadUrl(e.to_string()))?;
+        let db = Db { pool, target };
+        drop(db.client().await?);
+        Ok(db)
+    }
+
+    /// Where this pool connects, without user or password.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    async fn client(&self) -> Result<Object, DbError> {
+        self.pool.get().await.map_err(|e| DbError::Connect {
+            target: self.target.clone(),
+            detail: match e {
+                deadpool_postgres::PoolError::Backend(e) => connect_detail(&e),
+                other => other.to_string(),
+            },
+        })
+    }
+
+    /// Runs `sql`, which returns one row of one `jsonb` column, and decodes
+    /// it. A dead pooled connection is replaced once.
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &str,
+        sql: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<T, DbError> {
+        let mut retried = false;
+        loop {
+            let client = self.client().await?;
+            match client.query_typed_one(sql, params).await {
+                Ok(row) => return decode(what, row),
+                Err(e) if !retried && is_connection_lost(&e) => {
+                    tracing::warn!(call = what, "database connection lost; retrying once on a new one");
+                    drop(Object::take(client));
+                    retried = true;
+                }
+                Err(e) => return Err(DbError::from_query(what, e)),
+            }
+        }
+    }
+
+    /// Applies the migrations this database lacks, in order, each in its own
+    /// transaction under an advisory lock; returns the names applied.
+    pub async fn migrate(&self) -> Result<Vec<String>, DbError> {
+        let mut client = self.client().await?;
+        let mut applied = Vec::new();
+        for (name, sql) in MIGRATIONS {
+            let what = format!("applying migration {name}");
+            let tx = client.transaction().await.map_err(|e| DbError::from_query(&what, e))?;
+            tx.execute_typed("SELECT pg_advisory_xact_lock($1)", &[(&MIGRATION_LOCK, Type::INT8)])
+                .await
+                .map_err(|e| DbError::from_query(&what, e))?;
+            // Two statements: a statement that names a missing table fails
+            // before any of it runs, whatever guards it.
+            let has_table: bool = tx
+                .query_typed_one("SELECT to_regclass('shotlist.schema_migrations') IS NOT NULL", &[])
+                .await
+                .map_err(|e| DbError::from_query(&what, e))?
+                .get(0);
+            let done = has_table
+                && tx
+                    .query_typed_one(
+                        "SELECT EXISTS (SELECT FROM shotlist.schema_migrations WHERE name = $1)",
+                        &[(name, Type::TEXT)],
+                    )
+                    .await
+                    .map_err(|e| DbError::from_query(&what, e))?
+                    .get::<_, bool>(0);
+            if !done {
+                tx.batch_execute(sql).await.map_err(|e| DbError::from_query(&what, e))?;
+                applied.push(name.to_string());
+            }
+            tx.commit().await.map_err(|e| DbError::from_query(&what, e))?;
+        }
+        Ok(applied)
+    }
+
+    /// `register_video`: plans the chunks of a film; returns their number.
+    pub async fn register_video(&self, video_id: Uuid, duration_seconds: f64, plan: PlanParams) -> Result<u32, DbError> {
+        let count: i32 = self
+            .call(
+                "register_video",
+                "SELECT to_jsonb(public.register_video($1, $2, $3, $4))",
+                &[
+                    (&video_id, Type::UUID),
+                    (&duration_seconds, Type::FLOAT8),
+                    (&plan.chunk_seconds, Type::FLOAT8),
+                    (&plan.overlap_seconds, Type::FLOAT8),
+                ],
+            )
+            .await?;
+        u32::try_from(count).map_err(|_| decode_error("register_video", "negative chunk count"))
+    }
+
+    /// `describe_video`: records what probing found and fixes chunk frames.
+    pub async fn describe_video(&self, video_id: Uuid, source: &str, media: &MediaInfo) -> Result<(), DbError> {
+        let media_json = serde_json::to_value(media).map_err(|e| decode_error("describe_video", e))?;
+        let (num, den) = (media.fps.num() as i32, media.fps.den() as i32);
+        let _: Value = self
+            .call(
+                "describe_video",
+                "SELECT public.describe_video($1, $2, $3, $4, $5, $6)",
+                &[
+                    (&video_id, Type::UUID),
+                    (&source, Type::TEXT),
+                    (&num, Type::INT4),
+                    (&den, Type::INT4),
+                    (&media.duration_frames, Type::INT8),
+                    (&media_json, Type::JSONB),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Registers and describes a probed film; both calls are idempotent, so
+    /// a runner that died between them simply repeats them.
+    pub async fn register_film(
+        &self,
+        video_id: Uuid,
+        source: &str,
+        media: &MediaInfo,
+        plan: PlanParams,
+    ) -> Result<u32, DbError> {
+        let duration = crate::plan::duration_seconds(media.duration_frames, media.fps);
+        let count = self.register_video(video_id, duration, plan).await?;
+        self.describe_video(video_id, source, media).await?;
+        Ok(count)
+    }
+
+    /// `update_chunk_status`, the old system's entry point.
+    pub async fn update_chunk_status(
+        &self,
+        video_id: Uuid,
+        chunk_index: i32,
+        status: &str,
+        error: Option<&str>,
+    ) -> Result<Progress, DbError> {
+        self.call(
+            "update_chunk_status",
+            "SELECT public.update_chunk_status($1, $2, $3, $4)",
+            &[(&video_id, Type::UUID), (&chunk_index, Type::INT4), (&status, Type::TEXT), (&error, Type::TEXT)],
+        )
+        .await
+    }
+
+    /// `claim_chunk`: takes the chunk with a lease of `lease`.
+    pub async fn claim_chunk(
+        &self,
+        video_id: Uuid,
+        chunk_index: u32,
+        lease: Duration,
+        max_attempts: u32,
+    ) -> Result<Claim, DbError> {
+        let (index, seconds, attempts) = (chunk_index as i32, lease.as_secs_f64(), max_attempts as i32);
+        let answer: Value = self
+            .call(
+                "claim_chunk",
+                "SELECT public.claim_chunk($1, $2, $3, $4)",
+                &[(&video_id, Type::UUID), (&index, Type::INT4), (&seconds, Type::FLOAT8), (&attempts, Type::INT4)],
+            )
+            .await?;
+        let head: ClaimAnswer = from_value("claim_chunk", answer.clone())?;
+        if head.claimed {
+            return Ok(Claim::Claimed(Box::new(from_value("claim_chunk", answer)?)));
+        }
+        if head.status == "processing" {
+            return Ok(Claim::Busy);
+        }
+        let progress = match head.total_chunks {
+            Some(_) => Some(from_value("claim_chunk", answer)?),
+            None => None,
+        };
+        Ok(Claim::Terminal { status: head.status, progress })
+    }
+
+    /// `complete_chunk`: saves `shots` (absolute frames) and marks the chunk
+    /// completed, if `lease_token` still holds it.
+    pub async fn complete_chunk(
+        &self,
+        video_id: Uuid,
+        chunk_index: u32,
+        lease_token: Uuid,
+        shots: &[Shot],
+    ) -> Result<Report, DbError> {
+        let shots = serde_json::to_value(shots).map_err(|e| decode_error("complete_chunk", e))?;
+        let index = chunk_index as i32;
+        self.call(
+            "complete_chunk",
+            "SELECT public.complete_chunk($1, $2, $3, $4)",
+            &[(&video_id, Type::UUID), (&index, Type::INT4), (&lease_token, Type::UUID), (&shots, Type::JSONB)],
+        )
+        .await
+    }
+
+    /// `fail_chunk`: records a failed attempt.
+    pub async fn fail_chunk(
+        &self,
+        video_id: Uuid,
+        chunk_index: u32,
+        lease_token: Uuid,
+        error: &str,
+        retryable: bool,
+        max_attempts: u32,
+    ) -> Result<Report, DbError> {
+        let (index, attempts) = (chunk_index as i32, max_attempts as i32);
+        self.call(
+            "fail_chunk",
+            "SELECT public.fail_chunk($1, $2, $3, $4, $5, $6)",
+            &[
+                (&video_id, Type::UUID),
+                (&index, Type::INT4),
+                (&lease_token, Type::UUID),
+                (&error, Type::TEXT),
+                (&retryable, Type::BOOL),
+                (&attempts, Type::INT4),
+            ],
+        )
+        .await
+    }
+
+    /// `chunk_progress`: the progress document of a film.
+    pub async fn chunk_progress(&self, video_id: Uuid) -> Result<Value, DbError> {
+        self.call("chunk_progress", "SELECT public.chunk_progress($1)", &[(&video_id, Type::UUID)]).await
+    }
+
+    /// `chunk_results`: everything the merge needs.
+    pub async fn chunk_results(&self, video_id: Uuid) -> Result<FilmResults, DbError> {
+        self.call("chunk_results", "SELECT public.chunk_results($1)", &[(&video_id, Type::UUID)]).await
+    }
+
+    /// `get_sheet`: the stored sheet, if the film has one.
+    pub async fn get_sheet(&self, video_id: Uuid) -> Result<Option<Sheet>, DbError> {
+        let sheet: Option<Value> =
+            self.call("get_sheet", "SELECT public.get_sheet($1)", &[(&video_id, Type::UUID)]).await?;
+        sheet.map(|s| from_value("get_sheet", s)).transpose()
+    }
+
+    /// Builds a finished film's sheet and stores it, or returns the sheet
+    /// stored before: running it again changes nothing. Reading the results
+    /// and storing the sheet happen in one transaction.
+    pub async fn finalize(&self, video_id: Uuid) -> Result<Sheet, DbError> {
+        let mut retried = false;
+        loop {
+            match self.finalize_once(video_id).await {
+                Err(DbError::Query { source, .. }) if !retried && is_connection_lost(&source) => retried = true,
+                other => return other,
+            }
+        }
+    }
+
+    async fn finalize_once(&self, video_id: Uuid) -> Result<Sheet, DbError> {
+        let what = "finalizing";
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(|e| DbError::from_query(what, e))?;
+        let row = tx
+            .query_typed_one("SELECT public.chunk_results($1)", &[(&video_id, Type::UUID)])
+            .await
+            .map_err(|e| DbError::from_query(what, e))?;
+        let results: FilmResults = decode("chunk_results", row)?;
+        if !results.finished {
+            let open = results.chunks.iter().filter(|c| !matches!(c.status.as_str(), "completed" | "failed")).count();
+            return Err(DbError::NotReady(format!(
+                "video {video_id} is not finished: {open} of {} chunks are still open",
+                results.total_chunks
+            )));
+        }
+        let sheet = build_sheet(&results)?;
+        let sheet_json = serde_json::to_value(&sheet).map_err(|e| decode_error(what, e))?;
+        let row = tx
+            .query_typed_one("SELECT public.store_sheet($1, $2)", &[(&video_id, Type::UUID), (&sheet_json, Type::JSONB)])
+            .await
+            .map_err(|e| DbError::from_query(what, e))?;
+        let stored: Sheet = decode("store_sheet", row)?;
+        tx.commit().await.map_err(|e| DbError::from_query(what, e))?;
+        Ok(stored)
+    }
+}
+
+/// Merges a finished film's chunk results into its sheet.
+pub fn build_sheet(results: &FilmResults) -> Result<Sheet, DbError> {
+    let what = "chunk_results";
+    let fps: Fps = results
+        .fps
+        .as_deref()
+        .ok_or_else(|| decode_error(what, "the film has no frame rate (never described)"))?
+        .parse()
+        .map_err(|e| decode_error(what, e))?;
+    let duration_frames = results.duration_frames.ok_or_else(|| decode_error(what, "no duration in frames"))?;
+    let mut outcomes = Vec::with_capacity(results.chunks.len());
+    for chunk in &results.chunks {
+        let (Some(start_frame), Some(end_frame)) = (chunk.start_frame, chunk.end_frame) else {
+            return Err(decode_error(what, format!("chunk {} has no frames", chunk.index)));
+        };
+        let result = match chunk.status.as_str() {
+            "completed" => ChunkResult::Completed(chunk.shots.clone()),
+            _ => ChunkResult::Failed(chunk.error.clone().unwrap_or_else(|| format!("chunk ended {}", chunk.status))),
+        };
+        outcomes.push(ChunkOutcome { span: FrameSpan { index: chunk.index, start_frame, end_frame }, result });
+    }
+    let merged = merge::merge(&outcomes, duration_frames, fps);
+    let completed = results.chunks.iter().filter(|c| c.status == "completed").count() as u32;
+    let failed = results.chunks.len() as u32 - completed;
+    Ok(Sheet {
+        video_id: results.video_id,
+        source: results.source.clone(),
+        fps: fps.to_string(),
+        duration_frames,
+        total_chunks: results.total_chunks,
+        completed_chunks: completed,
+        failed_chunks: failed,
+        status: if failed == 0 { SheetStatus::Complete } else { SheetStatus::Partial },
+        shots: merged.shots,
+        gaps: merged.gaps,
+    })
+}
+
+fn decode<T: serde::de::DeserializeOwned>(what: &str, row: tokio_postgres::Row) -> Result<T, DbError> {
+    let value: Option<Value> = row.try_get(0).map_err(|e| decode_error(what, e))?;
+    from_value(what, value.unwrap_or(Value::Null))
+}
+
+fn from_value<T: serde::de::DeserializeOwned>(what: &str, value: Value) -> Result<T, DbError> {
+    serde_json::from_value(value).map_err(|e| decode_error(what, e))
+}
+
+fn decode_error(what: &str, detail: impl std::fmt::Display) -> DbError {
+    DbError::Decode { what: what.to_string(), detail: detail.to_string() }
+}
+
+/// `host:port/dbname`, for messages: never the user or the password.
+fn describe_target(config: &tokio_postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".to_string(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!("{host}:{port}/{}", config.get_dbname().unwrap_or("(default)"))
+}
+
+/// A connection error's cause, which names the failure (refused, timed out,
+/// authentication failed) but not the credentials.
+fn connect_detail(error: &tokio_postgres::Error) -> String {
+    if let Some(db) = error.as_db_error() {
+        return db.message().to_string();
+    }
+    let mut detail = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(e) = cause {
+        detail = format!("{detail}: {e}");
+        cause = e.source();
+    }
+    detail
+}
+
+fn tls_connector() -> Result<postgres_native_tls::MakeTlsConnector, DbError> {
+    let mut builder = native_tls::TlsConnector::builder();
+    if let Some(path) = std::env::var_os("DATABASE_CA_CERT") {
+        let pem = std::fs::read(&path)
+            .map_err(|e| DbError::Tls(format!("cannot read DATABASE_CA_CERT {}: {e}", path.to_string_lossy())))?;
+        let cert = native_tls::Certificate::from_pem(&pem)
+            .map_err(|e| DbError::Tls(format!("DATABASE_CA_CERT {} is not a PEM certificate: {e}", path.to_string_lossy())))?;
+        builder.add_root_certificate(cert);
+    }
+    let connector = builder.build().map_err(|e| DbError::Tls(e.to_string()))?;
+    Ok(postgres_native_tls::MakeTlsConnector::new(connector))
+}

@@ -1,1 +1,165 @@
-//! (being written)
+//! Writing a finished [`Sheet`] to disk as `sheet.json` and `sheet.csv`.
+//!
+//! `sheet.json` is the sheet exactly as it serializes (pretty-printed).
+//! `sheet.csv` has a header row, then one row per shot: `number`, `start`,
+//! `end`, `type`, `description`, `dialogue`, quoted as RFC 4180 says. The
+//! dialogue cell holds one line per dialogue line, `Speaker: line`, with
+//! ` (off-screen)` after the speaker when the speaker is not on screen, or
+//! just the line when the speaker is unknown.
+//!
+//! Each file is written to a temporary file in the same folder and renamed
+//! into place, so a reader (or a crash) never sees half a file.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use tempfile::NamedTempFile;
+
+use crate::model::DialogueLine;
+use crate::sheet::Sheet;
+
+/// The file name of the JSON sheet.
+pub const JSON_FILE: &str = "sheet.json";
+
+/// The file name of the CSV sheet.
+pub const CSV_FILE: &str = "sheet.csv";
+
+/// The CSV header row.
+pub const CSV_HEADER: [&str; 6] = ["number", "start", "end", "type", "description", "dialogue"];
+
+/// What went wrong writing a sheet.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// A file-system operation failed.
+    #[error("could not {what} {}: {source}", .path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The sheet could not be serialized as JSON.
+    #[error("could not serialize the sheet as JSON: {0}")]
+    Json(#[source] serde_json::Error),
+    /// The sheet could not be serialized as CSV.
+    #[error("could not serialize the sheet as CSV: {0}")]
+    Csv(#[source] csv::Error),
+}
+
+/// Where [`write_sheet`] put the two files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SheetFiles {
+    /// `<dir>/sheet.json`.
+    pub json: PathBuf,
+    /// `<dir>/sheet.csv`.
+    pub csv: PathBuf,
+}
+
+/// Writes `sheet` as `dir/sheet.json` and `dir/sheet.csv`, creating `dir`
+/// (and its parents) when missing and replacing earlier files atomically.
+pub fn write_sheet(dir: &Path, sheet: &Sheet) -> Result<SheetFiles, ExportError> {
+    std::fs::create_dir_all(dir).map_err(|source| ExportError::Io {
+        what: "create the output folder",
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let files = SheetFiles {
+        json: dir.join(JSON_FILE),
+        csv: dir.join(CSV_FILE),
+    };
+    write_atomically(&files.json, &json_bytes(sheet)?)?;
+    write_atomically(&files.csv, &csv_bytes(sheet)?)?;
+    Ok(files)
+}
+
+/// The sheet as pretty-printed JSON, ending with a newline.
+pub fn json_bytes(sheet: &Sheet) -> Result<Vec<u8>, ExportError> {
+    let mut bytes = serde_json::to_vec_pretty(sheet).map_err(ExportError::Json)?;
+    bytes.push(b'\n');
+    Ok(bytes)
+}
+
+/// The sheet as CSV: the header row, then one row per shot.
+pub fn csv_bytes(sheet: &Sheet) -> Result<Vec<u8>, ExportError> {
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    writer.write_record(CSV_HEADER).map_err(ExportError::Csv)?;
+    for shot in &sheet.shots {
+        writer
+            .write_record([
+                shot.number.to_string().as_str(),
+                &shot.start,
+                &shot.end,
+                shot.shot_type.as_str(),
+                &shot.description,
+                &dialogue_cell(&shot.dialogue),
+            ])
+            .map_err(ExportError::Csv)?;
+    }
+    writer
+        .into_inner()
+        .map_err(|error| ExportError::Csv(error.into_error().into()))
+}
+
+/// The dialogue cell of a shot: one line per dialogue line, `Speaker: line`,
+/// `Speaker (off-screen): line`, or just `line` when the speaker is unknown.
+pub fn dialogue_cell(lines: &[DialogueLine]) -> String {
+    lines
+        .iter()
+        .map(|line| {
+            let speaker = line.speaker.trim();
+            match (speaker.is_empty(), line.offscreen) {
+                (true, _) => line.line.clone(),
+                (false, false) => format!("{speaker}: {}", line.line),
+                (false, true) => format!("{speaker} (off-screen): {}", line.line),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Writes `bytes` to a temporary file beside `path`, flushes it to disk and
+/// renames it to `path`.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let io_error = |what: &'static str| {
+        move |source: io::Error| ExportError::Io {
+            what,
+            path: path.to_path_buf(),
+            source,
+        }
+    };
+    let mut file = NamedTempFile::new_in(dir).map_err(io_error("create a temporary file for"))?;
+    file.write_all(bytes).map_err(io_error("write"))?;
+    file.as_file().sync_all().map_err(io_error("flush"))?;
+    file.persist(path)
+        .map_err(|error| io_error("rename a temporary file to")(error.error))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(speaker: &str, text: &str, offscreen: bool) -> DialogueLine {
+        DialogueLine {
+            speaker: speaker.to_string(),
+            line: text.to_string(),
+            offscreen,
+            start_frame: None,
+        }
+    }
+
+    #[test]
+    fn dialogue_cell_names_speakers_and_offscreen_voices() {
+        let lines = [
+            line("Anna", "Hello.", false),
+            line("Narrator", "Years later.", true),
+            line("", "(inaudible)", false),
+        ];
+        assert_eq!(
+            dialogue_cell(&lines),
+            "Anna: Hello.\nNarrator (off-screen): Years later.\n(inaudible)"
+        );
+        assert_eq!(dialogue_cell(&[]), "");
+    }
+}

@@ -1,1 +1,175 @@
-//! (being written)
+//! The chunk worker: claim a chunk, analyze it, commit the result.
+//!
+//! The same steps serve the local runner and the Lambda function. A claim
+//! gives the worker a lease token; only the holder of the current token can
+//! commit, so a worker that was presumed dead and replaced cannot overwrite
+//! the new attempt. The shots and the `completed` status are saved in one
+//! transaction (`complete_chunk`). A failed analysis is recorded with its
+//! error; a retryable one puts the chunk back to pending until its attempts
+//! run out.
+
+use std::time::Duration;
+
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::analyzer::{AnalyzeError, Analyzer, ChunkRequest};
+use crate::db::{Claim, ClaimedChunk, Db, DbError, Outcome, Progress};
+use crate::model::{ChunkAnalysis, Shot};
+use crate::probe::MediaInfo;
+
+/// How a worker treats one chunk.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WorkerConfig {
+    /// How long a claim holds the chunk; must outlast `chunk_timeout`.
+    pub lease: Duration,
+    /// The most one analysis may take before it counts as a failed attempt.
+    pub chunk_timeout: Duration,
+    /// Attempts before a chunk fails for good.
+    pub max_attempts: u32,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig { lease: Duration::from_secs(360), chunk_timeout: Duration::from_secs(300), max_attempts: 3 }
+    }
+}
+
+/// What became of one chunk in one call of [`process_chunk`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Done {
+    /// This call saved the chunk's shots. `progress.finished` is true when
+    /// this commit finished the film: the caller then finalizes it.
+    Completed(Progress),
+    /// This call failed the chunk for good (`progress.finished` as above).
+    Failed { error: String, progress: Progress },
+    /// The chunk was already completed or failed: a duplicate delivery.
+    AlreadyTerminal { status: String },
+    /// Another worker holds a live lease: try again later.
+    Busy,
+    /// The attempt failed, the chunk is pending again: try again later.
+    Retry { error: String },
+    /// The lease was taken over while this worker analyzed; nothing saved.
+    LeaseLost,
+}
+
+impl Done {
+    /// The film's progress when this call finished the film.
+    pub fn finished(&self) -> bool {
+        match self {
+            Done::Completed(p) | Done::Failed { progress: p, .. } => p.finished,
+            _ => false,
+        }
+    }
+}
+
+/// Claims, analyzes and commits chunk `chunk_index` of `video_id`.
+///
+/// Errors only when the database cannot be reached or refuses the call;
+/// analyzer failures are recorded on the chunk and returned as [`Done`].
+pub async fn process_chunk(
+    db: &Db,
+    analyzer: &dyn Analyzer,
+    video_id: Uuid,
+    chunk_index: u32,
+    config: &WorkerConfig,
+) -> Result<Done, DbError> {
+    let span = tracing::info_span!("chunk", %video_id, chunk_index, analyzer = analyzer.name());
+    async move {
+        let claimed = match db.claim_chunk(video_id, chunk_index, config.lease, config.max_attempts).await? {
+            Claim::Claimed(c) => c,
+            Claim::Busy => return Ok(Done::Busy),
+            Claim::Terminal { progress: Some(progress), .. } => {
+                let error = "attempts used up".to_string();
+                return Ok(Done::Failed { error, progress });
+            }
+            Claim::Terminal { status, progress: None } => return Ok(Done::AlreadyTerminal { status }),
+        };
+        tracing::debug!(attempt = claimed.attempt, "claimed");
+        let analysis = analyze(analyzer, video_id, &claimed, config.chunk_timeout).await;
+        let report = match analysis {
+            Ok(analysis) => {
+                let shots = absolute_shots(analysis, claimed.start_frame, claimed.end_frame);
+                db.complete_chunk(video_id, chunk_index, claimed.lease_token, &shots).await?
+            }
+            Err(e) => {
+                tracing::warn!(attempt = claimed.attempt, retryable = e.is_retryable(), error = %e, "analysis failed");
+                let error = e.to_string();
+                let report = db
+                    .fail_chunk(video_id, chunk_index, claimed.lease_token, &error, e.is_retryable(), config.max_attempts)
+                    .await?;
+                if report.outcome == Outcome::Retry {
+                    return Ok(Done::Retry { error });
+                }
+                if report.outcome == Outcome::Failed {
+                    return Ok(Done::Failed { error, progress: report.progress });
+                }
+                report
+            }
+        };
+        Ok(match report.outcome {
+            Outcome::Completed => {
+                tracing::info!(completed = report.progress.completed_chunks, total = report.progress.total_chunks, "chunk completed");
+                Done::Completed(report.progress)
+            }
+            Outcome::AlreadyCompleted => Done::AlreadyTerminal { status: "completed".into() },
+            Outcome::AlreadyFailed => Done::AlreadyTerminal { status: "failed".into() },
+            Outcome::LeaseLost | Outcome::Retry | Outcome::Failed => Done::LeaseLost,
+        })
+    }
+    .instrument(span)
+    .await
+}
+
+async fn analyze(
+    analyzer: &dyn Analyzer,
+    video_id: Uuid,
+    claimed: &ClaimedChunk,
+    timeout: Duration,
+) -> Result<ChunkAnalysis, AnalyzeError> {
+    let request = request_for(video_id, claimed)?;
+    match tokio::time::timeout(timeout, analyzer.analyze(&request)).await {
+        Ok(result) => result,
+        Err(_) => Err(AnalyzeError::TimedOut { chunk_index: claimed.chunk_index, seconds: timeout.as_secs_f64() }),
+    }
+}
+
+fn request_for(video_id: Uuid, claimed: &ClaimedChunk) -> Result<ChunkRequest, AnalyzeError> {
+    let bad = |detail: String| AnalyzeError::BadRequest { chunk_index: claimed.chunk_index, detail };
+    let media: MediaInfo = serde_json::from_value(claimed.media.clone())
+        .map_err(|e| bad(format!("the film's stored media description is unreadable: {e}")))?;
+    let source = claimed.source.clone().ok_or_else(|| bad("the film has no source".into()))?;
+    Ok(ChunkRequest {
+        video_id,
+        chunk_index: claimed.chunk_index,
+        source,
+        media,
+        start_frame: claimed.start_frame,
+        end_frame: claimed.end_frame,
+    })
+}
+
+/// Turns an analysis in chunk-local frames into shots in absolute frames,
+/// keeping only what lies inside the chunk: shots are clipped to it, sorted
+/// by start, trimmed where they overlap the one before, and dropped when
+/// nothing is left.
+pub fn absolute_shots(analysis: ChunkAnalysis, start_frame: i64, end_frame: i64) -> Vec<Shot> {
+    let len = end_frame - start_frame;
+    let mut shots: Vec<Shot> = analysis
+        .shots
+        .into_iter()
+        .filter_map(|mut s| {
+            s.start_frame = s.start_frame.clamp(0, len);
+            s.end_frame = s.end_frame.clamp(0, len);
+            (s.start_frame < s.end_frame).then(|| s.shifted(start_frame))
+        })
+        .collect();
+    shots.sort_by_key(|s| s.start_frame);
+    let mut previous_end = 0;
+    shots.retain_mut(|s| {
+        s.start_frame = s.start_frame.max(previous_end);
+        previous_end = previous_end.max(s.end_frame);
+        s.start_frame < s.end_frame
+    });
+    shots
+}

@@ -1,1 +1,5 @@
-//! Test support.
+//! Test support for the workspace's integration tests: generated films with
+//! known cut lists ([`film`]) and a private Postgres ([`pg`]).
+
+pub mod film;
+pub mod pg;

@@ -1,0 +1,269 @@
+//! What `shotlist` accepts on its command line, and the checks made on it
+//! before any work starts.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use shotlist_shared::plan::PlanParams;
+use shotlist_shared::runner::RunOptions;
+use uuid::Uuid;
+
+/// The most chunks `--concurrency` may put in flight.
+pub const MAX_CONCURRENCY: usize = 64;
+
+/// Turns a long video into a shot list: every shot with its start and end
+/// timecode, type, description and dialogue.
+#[derive(Debug, Parser)]
+#[command(name = "shotlist", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Analyze FILM and write its sheet.json and sheet.csv.
+    Process(ProcessArgs),
+    /// Apply the database migrations that are missing, then exit.
+    Migrate(MigrateArgs),
+}
+
+/// `shotlist process`.
+#[derive(Debug, Args)]
+pub struct ProcessArgs {
+    /// The video file to analyze.
+    #[arg(value_name = "FILM")]
+    pub film: PathBuf,
+    /// Folder for sheet.json and sheet.csv [default: ./shotlist-out/<video id>].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// PostgreSQL to keep the state in; without it a private, temporary
+    /// PostgreSQL is started and removed afterwards.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
+    pub database_url: Option<String>,
+    /// Chunks analyzed at once (1 to 64).
+    #[arg(long, value_name = "N", default_value_t = RunOptions::default().concurrency)]
+    pub concurrency: usize,
+    /// Length of one chunk in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = PlanParams::default().chunk_seconds)]
+    pub chunk_seconds: f64,
+    /// Seconds each chunk shares with the next; smaller than --chunk-seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = PlanParams::default().overlap_seconds)]
+    pub overlap_seconds: f64,
+    /// The film's id; an id of an earlier run resumes it [default: a new one].
+    #[arg(long, value_name = "UUID")]
+    pub video_id: Option<Uuid>,
+    /// ffmpeg's scene-change score above which a frame starts a new shot
+    /// (more than 0, at most 1).
+    #[arg(long, value_name = "SCORE", default_value_t = RunOptions::default().scene_threshold)]
+    pub scene_threshold: f64,
+}
+
+/// `shotlist migrate`.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// The PostgreSQL to migrate.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
+    pub database_url: String,
+}
+
+/// A `process` request whose arguments passed every check.
+#[derive(Debug, Clone)]
+pub struct ProcessSettings {
+    pub film: PathBuf,
+    pub out: Option<PathBuf>,
+    /// `None` means the embedded default database.
+    pub database_url: Option<String>,
+    pub options: RunOptions,
+}
+
+/// An argument that failed its check, with a message naming the flag.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ArgError(pub String);
+
+impl ProcessArgs {
+    /// Checks every argument; the first one that is wrong is named in the
+    /// error. Reads only the film's and the output folder's metadata.
+    pub fn validate(self) -> Result<ProcessSettings, ArgError> {
+        check_concurrency(self.concurrency)?;
+        check_seconds("--chunk-seconds", self.chunk_seconds)?;
+        check_seconds("--overlap-seconds", self.overlap_seconds)?;
+        if self.overlap_seconds >= self.chunk_seconds {
+            return Err(ArgError(format!(
+                "--overlap-seconds ({}) must be smaller than --chunk-seconds ({})",
+                self.overlap_seconds, self.chunk_seconds
+            )));
+        }
+        check_threshold(self.scene_threshold)?;
+        check_film(&self.film)?;
+        if let Some(out) = &self.out {
+            check_out(out)?;
+        }
+        let options = RunOptions {
+            video_id: self.video_id,
+            concurrency: self.concurrency,
+            plan: PlanParams {
+                chunk_seconds: self.chunk_seconds,
+                overlap_seconds: self.overlap_seconds,
+            },
+            scene_threshold: self.scene_threshold,
+            ..RunOptions::default()
+        };
+        Ok(ProcessSettings {
+            film: self.film,
+            out: self.out,
+            // An empty DATABASE_URL counts as unset.
+            database_url: self.database_url.filter(|url| !url.trim().is_empty()),
+            options,
+        })
+    }
+}
+
+fn check_concurrency(concurrency: usize) -> Result<(), ArgError> {
+    if (1..=MAX_CONCURRENCY).contains(&concurrency) {
+        Ok(())
+    } else {
+        Err(ArgError(format!(
+            "--concurrency must be between 1 and {MAX_CONCURRENCY}, got {concurrency}"
+        )))
+    }
+}
+
+fn check_seconds(flag: &str, seconds: f64) -> Result<(), ArgError> {
+    if seconds.is_finite() && seconds > 0.0 {
+        Ok(())
+    } else {
+        Err(ArgError(format!(
+            "{flag} must be a positive number of seconds, got {seconds}"
+        )))
+    }
+}
+
+fn check_threshold(threshold: f64) -> Result<(), ArgError> {
+    if threshold > 0.0 && threshold <= 1.0 {
+        Ok(())
+    } else {
+        Err(ArgError(format!(
+            "--scene-threshold must be more than 0 and at most 1, got {threshold}"
+        )))
+    }
+}
+
+fn check_film(film: &std::path::Path) -> Result<(), ArgError> {
+    let shown = film.display();
+    let metadata = match std::fs::metadata(film) {
+        Ok(metadata) => metadata,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ArgError(format!("FILM {shown} does not exist")));
+        }
+        Err(e) => return Err(ArgError(format!("cannot read FILM {shown}: {e}"))),
+    };
+    if metadata.is_dir() {
+        return Err(ArgError(format!(
+            "FILM {shown} is a folder, not a video file"
+        )));
+    }
+    if metadata.len() == 0 {
+        return Err(ArgError(format!("FILM {shown} is empty (0 bytes)")));
+    }
+    std::fs::File::open(film)
+        .map(drop)
+        .map_err(|e| ArgError(format!("cannot read FILM {shown}: {e}")))
+}
+
+fn check_out(out: &std::path::Path) -> Result<(), ArgError> {
+    match std::fs::metadata(out) {
+        Ok(metadata) if !metadata.is_dir() => Err(ArgError(format!(
+            "--out {} is a file, not a folder",
+            out.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A change that makes one argument wrong.
+    type Change = fn(&mut ProcessArgs);
+
+    fn args(film: PathBuf) -> ProcessArgs {
+        ProcessArgs {
+            film,
+            out: None,
+            database_url: None,
+            concurrency: 5,
+            chunk_seconds: 180.0,
+            overlap_seconds: 15.0,
+            video_id: None,
+            scene_threshold: 0.3,
+        }
+    }
+
+    fn film() -> tempfile::NamedTempFile {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        std::io::Write::write_all(&mut file, b"not empty").expect("write");
+        file
+    }
+
+    #[test]
+    fn good_arguments_become_run_options() {
+        let film = film();
+        let mut given = args(film.path().to_path_buf());
+        given.database_url = Some("  ".to_string());
+        let settings = given.validate().expect("valid");
+        assert_eq!(settings.options.concurrency, 5);
+        assert_eq!(settings.options.plan.overlap_seconds, 15.0);
+        assert_eq!(
+            settings.database_url, None,
+            "a blank url means the embedded default"
+        );
+    }
+
+    #[test]
+    fn each_bad_argument_is_named() {
+        let film = film();
+        let path = film.path().to_path_buf();
+        let cases: [(Change, &str); 8] = [
+            (|a| a.concurrency = 0, "--concurrency"),
+            (|a| a.concurrency = 65, "--concurrency"),
+            (|a| a.chunk_seconds = f64::NAN, "--chunk-seconds"),
+            (|a| a.overlap_seconds = -1.0, "--overlap-seconds"),
+            (|a| a.overlap_seconds = 180.0, "--overlap-seconds (180)"),
+            (|a| a.scene_threshold = 0.0, "--scene-threshold"),
+            (|a| a.film = "/no/such/film.mp4".into(), "does not exist"),
+            (|a| a.film = std::env::temp_dir(), "is a folder"),
+        ];
+        for (change, expected) in cases {
+            let mut given = args(path.clone());
+            change(&mut given);
+            let error = given.validate().expect_err("invalid").to_string();
+            assert!(
+                error.contains(expected),
+                "{error:?} should name {expected:?}"
+            );
+            assert!(!error.contains('\n'), "{error:?} is one line");
+        }
+    }
+
+    #[test]
+    fn empty_film_is_refused() {
+        let empty = tempfile::NamedTempFile::new().expect("temp file");
+        let error = args(empty.path().to_path_buf())
+            .validate()
+            .expect_err("empty");
+        assert!(error.0.contains("is empty"), "{error}");
+    }
+
+    #[test]
+    fn out_that_is_a_file_is_refused() {
+        let film = film();
+        let mut given = args(film.path().to_path_buf());
+        given.out = Some(film.path().to_path_buf());
+        let error = given.validate().expect_err("file as out");
+        assert!(error.0.starts_with("--out"), "{error}");
+    }
+}

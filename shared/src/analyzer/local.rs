@@ -1,0 +1,574 @@
+//! The local analyzer: ffmpeg finds the cuts and the silences of a chunk.
+//!
+//! One ffmpeg process per chunk reads the source file straight over the
+//! chunk's time range (no pre-cut file), scores every video frame for a
+//! scene change and, when there is sound, runs `silencedetect`. The filters
+//! print what they measure to files in a private temporary folder, so any
+//! number of chunks can run at once.
+//!
+//! # Frame exactness
+//!
+//! A cut is reported at an absolute frame index that does not depend on where
+//! the chunk starts, whether or not that is a keyframe:
+//!
+//! * ffmpeg runs with `-copyts -start_at_zero`, so every frame keeps its own
+//!   timestamp, counted from the container's start; the frame index is
+//!   `round((pts - start_offset) * fps)`. Without `-copyts`, ffmpeg 5.1 shifts
+//!   the timestamps after a seek in an MPEG program stream by half a frame
+//!   now and then, which makes a rounded index ambiguous.
+//! * The scene score of a frame depends on the two frames before it (ffmpeg
+//!   compares each frame's difference with the previous difference), so
+//!   decoding starts at least one frame before the chunk: then every frame
+//!   after the chunk's first is scored exactly as in a pass over the whole
+//!   film. A cut at the chunk's first frame is not reported: the chunk's
+//!   first shot always starts there, and the previous chunk sees that cut in
+//!   the overlap.
+//! * The seek starts a second earlier still, because ffmpeg's seek in an
+//!   MPEG program stream can land on a keyframe after the target. The frames
+//!   actually decoded are checked; when decoding began too late, the chunk is
+//!   read again from further back, and at last from the film's start.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use crate::model::{ChunkAnalysis, Shot};
+use crate::probe::stderr_tail;
+
+use super::{shots_from_cuts, AnalyzeError, Analyzer, ChunkRequest};
+
+/// File the scene scores are printed to, inside the run's own folder.
+const SCENES_FILE: &str = "scenes.txt";
+/// File the silence boundaries are printed to, inside the run's own folder.
+const SILENCE_FILE: &str = "silence.txt";
+/// How far before the chunk each attempt starts reading; `None` reads from
+/// the film's start.
+const PREROLL_SECONDS: [Option<f64>; 3] = [Some(1.0), Some(10.0), None];
+/// How much of a frame before the chunk's end the reading stops; less than
+/// half a frame, so the last frame is read whatever ffmpeg counts `-t` from.
+const END_MARGIN_FRAMES: f64 = 0.25;
+/// Sound shorter than this in a shot is reported as silence.
+const MIN_SOUND_SECONDS: f64 = 0.05;
+/// How many trailing lines of ffmpeg's diagnostics an error quotes.
+const STDERR_LINES: usize = 6;
+/// Diagnostics that mean the source itself cannot be read: no retry helps.
+const UNREADABLE_MARKERS: [&str; 5] = [
+    "No such file or directory",
+    "Invalid data found when processing input",
+    "moov atom not found",
+    "matches no streams",
+    "Permission denied",
+];
+
+/// Finds cuts by scene-change detection and measures sound with ffmpeg.
+#[derive(Debug, Clone)]
+pub struct LocalAnalyzer {
+    /// Scene score (0..1) above which a frame starts a new shot.
+    pub scene_threshold: f64,
+    /// Level in dB below which audio counts as silence.
+    pub silence_noise_db: f64,
+    /// Shortest silence, in seconds, that is reported.
+    pub min_silence_seconds: f64,
+    /// How long one ffmpeg run may take.
+    pub timeout: Duration,
+    /// The ffmpeg program, looked up on `PATH` unless it has a directory.
+    pub ffmpeg: PathBuf,
+}
+
+impl Default for LocalAnalyzer {
+    fn default() -> Self {
+        LocalAnalyzer {
+            scene_threshold: 0.3,
+            silence_noise_db: -35.0,
+            min_silence_seconds: 0.3,
+            timeout: Duration::from_secs(300),
+            ffmpeg: PathBuf::from("ffmpeg"),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Analyzer for LocalAnalyzer {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    async fn analyze(&self, request: &ChunkRequest) -> Result<ChunkAnalysis, AnalyzeError> {
+        request.validate()?;
+        let input = source_input(request).await?;
+        let measured = self.measure(request, &input).await?;
+        let cuts = measured.cuts(request, self.scene_threshold);
+        let mut shots = shots_from_cuts(request.len(), &cuts);
+        for shot in &mut shots {
+            shot.description = describe(request, shot, measured.silences.as_deref());
+        }
+        tracing::debug!(
+            chunk_index = request.chunk_index,
+            shots = shots.len(),
+            "chunk analyzed"
+        );
+        Ok(ChunkAnalysis { shots })
+    }
+}
+
+/// What one ffmpeg run measured, in absolute frames and film seconds.
+#[derive(Debug, Default)]
+struct Measurement {
+    /// Every decoded frame's index and scene score, in decoding order.
+    frames: Vec<(i64, f64)>,
+    /// Silent intervals; `None` when the film has no audio track.
+    silences: Option<Vec<(f64, f64)>>,
+}
+
+impl Measurement {
+    fn first_frame(&self) -> Option<i64> {
+        self.frames.iter().map(|&(n, _)| n).min()
+    }
+
+    fn last_frame(&self) -> Option<i64> {
+        self.frames.iter().map(|&(n, _)| n).max()
+    }
+
+    /// Chunk-local cuts: frames inside the chunk, after its first, that score
+    /// above `threshold`.
+    fn cuts(&self, request: &ChunkRequest, threshold: f64) -> Vec<i64> {
+        let inside = |n: i64| n > request.start_frame && n < request.end_frame;
+        let cuts = self
+            .frames
+            .iter()
+            .filter(|&&(n, score)| inside(n) && score > threshold);
+        cuts.map(|&(n, _)| n - request.start_frame).collect()
+    }
+}
+
+/// Where ffmpeg reads one attempt, in seconds from the container's start.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Window {
+    /// The input seek (`-ss`), or `None` to read from the start.
+    seek: Option<f64>,
+    /// How long to read (`-t`).
+    duration: f64,
+}
+
+impl Window {
+    /// The window that starts `preroll` seconds before the frame ahead of the
+    /// chunk (half a frame earlier still, so rounding cannot skip it).
+    fn new(request: &ChunkRequest, preroll: Option<f64>) -> Window {
+        let fps = request.media.fps.as_f64();
+        let offset = request.media.start_offset_seconds;
+        let lead = (request.start_frame - 1).max(0) as f64;
+        let seek = preroll
+            .map(|p| offset + (lead - 0.5) / fps - p)
+            .filter(|&s| s > 0.0);
+        let end = offset + (request.end_frame as f64 - END_MARGIN_FRAMES) / fps;
+        Window {
+            seek,
+            duration: end - seek.unwrap_or(0.0),
+        }
+    }
+}
+
+impl LocalAnalyzer {
+    /// Runs ffmpeg over the chunk, reading from further back until the
+    /// decoded frames include the one before the chunk.
+    async fn measure(
+        &self,
+        request: &ChunkRequest,
+        input: &OsString,
+    ) -> Result<Measurement, AnalyzeError> {
+        let lead = (request.start_frame - 1).max(0);
+        let mut measured = Measurement::default();
+        for preroll in PREROLL_SECONDS {
+            let window = Window::new(request, preroll);
+            measured = self.run(request, input, window).await?;
+            // After a seek between keyframes a decoder may return nothing.
+            let first = measured.first_frame();
+            if first.is_some_and(|first| first <= lead) || window.seek.is_none() {
+                break;
+            }
+            tracing::debug!(
+                chunk_index = request.chunk_index,
+                first = ?first,
+                lead,
+                "seek overshot, reading again"
+            );
+        }
+        check_coverage(request, &measured)?;
+        Ok(measured)
+    }
+
+    /// One ffmpeg run in its own temporary folder.
+    async fn run(
+        &self,
+        request: &ChunkRequest,
+        input: &OsString,
+        window: Window,
+    ) -> Result<Measurement, AnalyzeError> {
+        let chunk_index = request.chunk_index;
+        let io = |context: &str| {
+            let context = context.to_string();
+            move |source| AnalyzeError::Io {
+                chunk_index,
+                context,
+                source,
+            }
+        };
+        let dir = tempfile::TempDir::new().map_err(io("creating a temporary folder"))?;
+        let output = self.run_ffmpeg(request, input, window, dir.path()).await?;
+        if !output.status.success() {
+            return Err(ffmpeg_failure(request, &output));
+        }
+        let scenes = tokio::fs::read_to_string(dir.path().join(SCENES_FILE)).await;
+        let frames = parse_scores(
+            &scenes.map_err(io("reading the scene scores"))?,
+            &request.media,
+        );
+        let silences = match request.media.has_audio {
+            false => None,
+            true => {
+                let text = tokio::fs::read_to_string(dir.path().join(SILENCE_FILE)).await;
+                Some(parse_silences(
+                    &text.map_err(io("reading the silences"))?,
+                    &request.media,
+                ))
+            }
+        };
+        Ok(Measurement { frames, silences })
+    }
+
+    async fn run_ffmpeg(
+        &self,
+        request: &ChunkRequest,
+        input: &OsString,
+        window: Window,
+        dir: &Path,
+    ) -> Result<Output, AnalyzeError> {
+        let mut command = tokio::process::Command::new(&self.ffmpeg);
+        command
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .kill_on_drop(true);
+        command.args(["-nostdin", "-hide_banner", "-nostats", "-loglevel", "error"]);
+        command.args(["-copyts", "-start_at_zero"]);
+        if let Some(seek) = window.seek {
+            command.args(["-ss", &format!("{seek:.6}")]);
+        }
+        command
+            .args(["-t", &format!("{:.6}", window.duration)])
+            .arg("-i")
+            .arg(input);
+        command.args([
+            "-filter_complex",
+            &self.filter_graph(request.media.has_audio),
+        ]);
+        command.args(["-map", "[v]"]);
+        if request.media.has_audio {
+            command.args(["-map", "[a]"]);
+        }
+        command.args(["-f", "null", "-"]);
+        let chunk_index = request.chunk_index;
+        match tokio::time::timeout(self.timeout, command.output()).await {
+            Err(_) => Err(AnalyzeError::TimedOut {
+                chunk_index,
+                seconds: self.timeout.as_secs_f64(),
+            }),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(AnalyzeError::ToolMissing {
+                    chunk_index,
+                    tool: "ffmpeg",
+                })
+            }
+            Ok(Err(source)) => Err(AnalyzeError::Io {
+                chunk_index,
+                context: "starting ffmpeg".into(),
+                source,
+            }),
+            Ok(Ok(output)) => Ok(output),
+        }
+    }
+
+    /// Scores every frame (`select` passes them all, with their score) and,
+    /// with sound, marks where silences start and end.
+    fn filter_graph(&self, has_audio: bool) -> String {
+        let video = format!(
+            "[0:V:0]settb=AVTB,select='gte(scene,0)',metadata=mode=print:file={SCENES_FILE}[v]"
+        );
+        if !has_audio {
+            return video;
+        }
+        let (noise, d) = (self.silence_noise_db, self.min_silence_seconds);
+        let audio = format!(
+            "[0:a:0]silencedetect=noise={noise}dB:d={d},ametadata=mode=print:file={SILENCE_FILE}[a]"
+        );
+        format!("{video};{audio}")
+    }
+}
+
+/// The ffmpeg input for the request's source: a URL as it is, a local path
+/// made absolute (ffmpeg runs in a temporary folder) after checking it exists.
+async fn source_input(request: &ChunkRequest) -> Result<OsString, AnalyzeError> {
+    if request.source.contains("://") {
+        return Ok(OsString::from(&request.source));
+    }
+    let chunk_index = request.chunk_index;
+    let path = std::path::absolute(&request.source).map_err(|source| AnalyzeError::Io {
+        chunk_index,
+        context: "resolving the source path".into(),
+        source,
+    })?;
+    let shown = path.display().to_string();
+    match tokio::fs::metadata(&path).await {
+        Ok(meta) if meta.is_file() => {
+            let mut input = OsString::from("file:");
+            input.push(path.as_os_str());
+            Ok(input)
+        }
+        Ok(_) => Err(AnalyzeError::SourceUnreadable {
+            chunk_index,
+            path: shown,
+            detail: "not a regular file".into(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(AnalyzeError::SourceMissing {
+            chunk_index,
+            path: shown,
+        }),
+        Err(source) => Err(AnalyzeError::Io {
+            chunk_index,
+            context: format!("reading {shown}"),
+            source,
+        }),
+    }
+}
+
+fn no_frames(request: &ChunkRequest) -> AnalyzeError {
+    AnalyzeError::BadOutput {
+        chunk_index: request.chunk_index,
+        detail: format!(
+            "ffmpeg decoded no video frames for [{}, {})",
+            request.start_frame, request.end_frame
+        ),
+    }
+}
+
+/// Checks that the decoded frames cover the chunk. Shortfalls at the film's
+/// ends are tolerated: some files start or end in frames no decoder returns.
+fn check_coverage(request: &ChunkRequest, measured: &Measurement) -> Result<(), AnalyzeError> {
+    let (Some(first), Some(last)) = (measured.first_frame(), measured.last_frame()) else {
+        return Err(no_frames(request));
+    };
+    let chunk_index = request.chunk_index;
+    if first > (request.start_frame - 1).max(0) {
+        tracing::warn!(
+            chunk_index,
+            first,
+            "decoding from the film's start begins after frame 0"
+        );
+    }
+    if last >= request.end_frame - 1 {
+        return Ok(());
+    }
+    if request.end_frame == request.media.duration_frames {
+        tracing::warn!(
+            chunk_index,
+            last,
+            "decoding ended before the film's last frame"
+        );
+        return Ok(());
+    }
+    Err(AnalyzeError::BadOutput {
+        chunk_index,
+        detail: format!(
+            "decoding ended at frame {last}, before the chunk's end at {}",
+            request.end_frame
+        ),
+    })
+}
+
+/// Classifies a failed ffmpeg run: an unreadable source is permanent, any
+/// other failure may pass.
+fn ffmpeg_failure(request: &ChunkRequest, output: &Output) -> AnalyzeError {
+    let stderr = stderr_tail(&output.stderr, STDERR_LINES);
+    let chunk_index = request.chunk_index;
+    if output.status.code().is_some() && UNREADABLE_MARKERS.iter().any(|m| stderr.contains(m)) {
+        return AnalyzeError::SourceUnreadable {
+            chunk_index,
+            path: request.source.clone(),
+            detail: stderr,
+        };
+    }
+    AnalyzeError::ToolFailed {
+        chunk_index,
+        tool: "ffmpeg",
+        status: output.status.to_string(),
+        stderr,
+    }
+}
+
+/// Reads `metadata=mode=print` output: a `frame:N pts:P pts_time:T` line per
+/// frame (P in microseconds after `settb=AVTB`), then its `key=value` lines.
+/// Returns absolute frame indexes with their scene scores.
+fn parse_scores(text: &str, media: &crate::probe::MediaInfo) -> Vec<(i64, f64)> {
+    let mut frames = Vec::new();
+    for line in text.lines() {
+        if line.starts_with("frame:") {
+            let pts = line
+                .split_whitespace()
+                .find_map(|t| t.strip_prefix("pts:")?.parse::<i64>().ok());
+            if let Some(pts) = pts {
+                frames.push((frame_index(pts as f64 / 1e6, media), 0.0));
+            }
+        } else if let (Some(score), Some(last)) =
+            (value_of(line, "lavfi.scene_score"), frames.last_mut())
+        {
+            last.1 = score;
+        }
+    }
+    frames
+}
+
+/// Reads `silencedetect` marks into silent intervals in film seconds; a
+/// silence still open at the end of the run lasts to infinity.
+fn parse_silences(text: &str, media: &crate::probe::MediaInfo) -> Vec<(f64, f64)> {
+    let film_seconds = |t: f64| t - media.start_offset_seconds;
+    let mut silences = Vec::new();
+    let mut open = None;
+    for line in text.lines() {
+        if let Some(start) = value_of(line, "lavfi.silence_start") {
+            open = Some(film_seconds(start));
+        } else if let Some(end) = value_of(line, "lavfi.silence_end") {
+            silences.push((open.take().unwrap_or(f64::NEG_INFINITY), film_seconds(end)));
+        }
+    }
+    silences.extend(open.map(|start| (start, f64::INFINITY)));
+    silences
+}
+
+fn value_of(line: &str, key: &str) -> Option<f64> {
+    line.strip_prefix(key)?
+        .strip_prefix('=')?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The frame shown at `seconds` from the container's start.
+fn frame_index(seconds: f64, media: &crate::probe::MediaInfo) -> i64 {
+    ((seconds - media.start_offset_seconds) * media.fps.as_f64()).round() as i64
+}
+
+/// What was measured in a shot: its length and how much of it has sound.
+fn describe(request: &ChunkRequest, shot: &Shot, silences: Option<&[(f64, f64)]>) -> String {
+    let fps = request.media.fps;
+    let start = fps.seconds_at(request.start_frame + shot.start_frame);
+    let end = fps.seconds_at(request.start_frame + shot.end_frame);
+    let length = end - start;
+    let Some(silences) = silences else {
+        return format!("{length:.2} s; no audio track");
+    };
+    let silent: f64 = silences
+        .iter()
+        .map(|&(a, b)| (b.min(end) - a.max(start)).max(0.0))
+        .sum();
+    let sound = (length - silent).max(0.0);
+    if sound < MIN_SOUND_SECONDS {
+        format!("{length:.2} s; silent")
+    } else {
+        format!("{length:.2} s; sound for {sound:.1} s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::MediaInfo;
+
+    fn media(fps: &str, offset: f64, has_audio: bool) -> MediaInfo {
+        MediaInfo {
+            fps: fps.parse().unwrap(),
+            duration_frames: 10_000,
+            start_offset_seconds: offset,
+            has_audio,
+            width: 160,
+            height: 90,
+            codec: "h264".into(),
+            format: "mp4".into(),
+        }
+    }
+
+    fn request(start_frame: i64, end_frame: i64, media: MediaInfo) -> ChunkRequest {
+        let source = "/films/a.mp4".into();
+        ChunkRequest {
+            video_id: uuid::Uuid::nil(),
+            chunk_index: 2,
+            source,
+            media,
+            start_frame,
+            end_frame,
+        }
+    }
+
+    #[test]
+    fn scores_are_read_per_frame_and_other_metadata_is_ignored() {
+        let text = "frame:0    pts:540000  pts_time:0.54\nlavfi.scene_score=0.000000\n\
+                    timecode=00:00:00:00\n\
+                    frame:1    pts:580000  pts_time:0.58\nlavfi.scene_score=0.512000\n";
+        let frames = parse_scores(text, &media("25/1", 0.5, false));
+        assert_eq!(frames, [(1, 0.0), (2, 0.512)]);
+    }
+
+    #[test]
+    fn silences_are_moved_to_film_time_and_an_open_one_lasts_to_the_end() {
+        let text = "frame:3 pts:1 pts_time:1\nlavfi.silence_start=3.5\nlavfi.silence_end=7.5\n\
+                    lavfi.silence_duration=4\nlavfi.silence_start=10.5\n";
+        let silences = parse_silences(text, &media("25/1", 0.5, true));
+        assert_eq!(silences, [(3.0, 7.0), (10.0, f64::INFINITY)]);
+    }
+
+    #[test]
+    fn the_window_starts_a_preroll_before_the_frame_ahead_of_the_chunk() {
+        let r = request(250, 500, media("25/1", 0.54, false));
+        let w = Window::new(&r, Some(1.0));
+        let seek = w.seek.unwrap();
+        assert!((seek - (0.54 + 248.5 / 25.0 - 1.0)).abs() < 1e-9, "{seek}");
+        assert!((seek + w.duration - (0.54 + 499.75 / 25.0)).abs() < 1e-9);
+        assert_eq!(Window::new(&r, None).seek, None);
+        assert_eq!(
+            Window::new(&request(0, 500, media("25/1", 0.0, false)), Some(1.0)).seek,
+            None
+        );
+    }
+
+    #[test]
+    fn descriptions_state_length_and_sound() {
+        let r = request(0, 250, media("25/1", 0.0, true));
+        let shot = shots_from_cuts(250, &[100]).remove(1);
+        assert_eq!(
+            describe(&r, &shot, Some(&[(3.0, 7.0)])),
+            "6.00 s; sound for 3.0 s"
+        );
+        assert_eq!(
+            describe(&r, &shot, Some(&[(3.5, f64::INFINITY)])),
+            "6.00 s; silent"
+        );
+        assert_eq!(describe(&r, &shot, None), "6.00 s; no audio track");
+    }
+
+    #[test]
+    fn only_cuts_after_the_chunk_start_and_before_its_end_count() {
+        let r = request(100, 200, media("25/1", 0.0, false));
+        let m = Measurement {
+            frames: vec![
+                (99, 0.9),
+                (100, 0.9),
+                (101, 0.9),
+                (150, 0.2),
+                (199, 0.5),
+                (200, 0.9),
+            ],
+            silences: None,
+        };
+        assert_eq!(m.cuts(&r, 0.3), [1, 99]);
+    }
+}

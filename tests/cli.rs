@@ -1,0 +1,321 @@
+//! The `shotlist` binary as a user runs it: a real film through the embedded
+//! default database, and one-line errors with a non-zero exit for bad input.
+//!
+//! The binary belongs to another package of the workspace, so Cargo does not
+//! hand its path to these tests: the first test to need it builds it with
+//! `cargo build -p shotlist-cli` and takes the path from Cargo's JSON
+//! messages, which is right for any target folder.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// How long the interrupt test waits for a line before it gives up.
+const LINE_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn workspace() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The path of a freshly built `shotlist`.
+fn shotlist_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let output = Command::new(cargo)
+            .current_dir(workspace())
+            .args(["build", "-p", "shotlist-cli", "--bin", "shotlist"])
+            .arg("--message-format=json-render-diagnostics")
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run cargo build");
+        assert!(
+            output.status.success(),
+            "cargo build -p shotlist-cli failed"
+        );
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|message| message["reason"] == "compiler-artifact")
+            .filter(|message| message["target"]["name"] == "shotlist")
+            .find_map(|message| message["executable"].as_str().map(PathBuf::from))
+            .expect("cargo reported the shotlist executable")
+    })
+}
+
+/// A `shotlist` command with the embedded default database (no
+/// `DATABASE_URL` from the environment) and quiet logs.
+fn shotlist() -> Command {
+    let mut command = Command::new(shotlist_bin());
+    command
+        .env_remove("DATABASE_URL")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null());
+    command
+}
+
+fn run(command: &mut Command) -> (Output, String, String) {
+    let output = command.output().expect("run shotlist");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output, stdout, stderr)
+}
+
+/// The real footage from the shared media folder beside the checkout.
+fn city_film() -> PathBuf {
+    let film = workspace().join("../shared/media/cityCC0.mpg");
+    assert!(film.is_file(), "{} is missing", film.display());
+    film
+}
+
+/// Asserts a failed run: non-zero exit, nothing on stdout, and exactly one
+/// stderr line, `shotlist: error: ...`, that contains `expected`.
+fn assert_one_line_error(command: &mut Command, expected: &str) -> String {
+    let (output, stdout, stderr) = run(command);
+    assert!(!output.status.success(), "exit status {:?}", output.status);
+    assert_eq!(stdout, "", "nothing on stdout on failure");
+    let lines: Vec<&str> = stderr.lines().collect();
+    let last = lines.last().copied().unwrap_or_default();
+    assert!(
+        last.starts_with("shotlist: error: "),
+        "the error line comes last: {stderr:?}"
+    );
+    assert!(last.contains(expected), "{last:?} should say {expected:?}");
+    assert!(!stderr.contains("panicked"), "no panic: {stderr:?}");
+    assert!(
+        !stderr.contains("RUST_BACKTRACE"),
+        "no backtrace: {stderr:?}"
+    );
+    stderr
+}
+
+#[test]
+fn real_film_through_the_embedded_database_gives_a_contiguous_sheet() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let (output, stdout, stderr) = run(shotlist()
+        .arg("process")
+        .arg(city_film())
+        .arg("--out")
+        .arg(out.path()));
+    assert!(output.status.success(), "shotlist failed: {stderr}");
+
+    let json_path = out.path().join("sheet.json");
+    let csv_path = out.path().join("sheet.csv");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "two paths and a summary: {stdout:?}");
+    assert_eq!(Path::new(lines[0]), json_path);
+    assert_eq!(Path::new(lines[1]), csv_path);
+
+    let sheet: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json_path).expect("read sheet.json"))
+            .expect("sheet.json is JSON");
+    assert_eq!(sheet["fps"], "25/1");
+    assert_eq!(sheet["durationFrames"], 190);
+    assert_eq!(sheet["totalChunks"], 1);
+    assert_eq!(sheet["completedChunks"], 1);
+    assert_eq!(sheet["failedChunks"], 0);
+    assert_eq!(sheet["status"], "complete");
+    let shots = sheet["shots"].as_array().expect("shots");
+    assert!(!shots.is_empty(), "at least one shot");
+    assert_eq!(shots[0]["start"], "00:00:00:00");
+    assert_eq!(shots[0]["startFrame"], 0);
+    for (i, pair) in shots.windows(2).enumerate() {
+        assert_eq!(
+            pair[0]["endFrame"],
+            pair[1]["startFrame"],
+            "shot {} ends where the next starts",
+            i + 1
+        );
+        assert_eq!(pair[0]["end"], pair[1]["start"]);
+    }
+    for (i, shot) in shots.iter().enumerate() {
+        assert_eq!(shot["number"], i + 1, "numbered 1..N");
+    }
+    let last = shots.last().expect("a last shot");
+    assert_eq!(last["endFrame"], 190);
+    assert_eq!(last["end"], "00:00:07:15");
+
+    let summary = format!("{} shots, 1/1 chunks completed, 0 failed", shots.len());
+    assert_eq!(lines[2], summary);
+
+    let mut reader = csv::Reader::from_path(&csv_path).expect("open sheet.csv");
+    let header: Vec<String> = reader
+        .headers()
+        .expect("header")
+        .iter()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        header,
+        ["number", "start", "end", "type", "description", "dialogue"]
+    );
+    let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.expect("row")).collect();
+    assert_eq!(rows.len(), shots.len(), "one CSV row per shot");
+    assert_eq!(&rows[0][1], "00:00:00:00");
+    assert_eq!(&rows[rows.len() - 1][2], "00:00:07:15");
+}
+
+#[test]
+fn missing_film_is_a_one_line_error() {
+    let stderr = assert_one_line_error(
+        shotlist().args(["process", "/no/such/film.mp4"]),
+        "/no/such/film.mp4 does not exist",
+    );
+    assert_eq!(stderr.lines().count(), 1, "only the error line: {stderr:?}");
+}
+
+#[test]
+fn empty_film_is_a_one_line_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let film = dir.path().join("empty.mp4");
+    std::fs::write(&film, b"").expect("write");
+    assert_one_line_error(shotlist().arg("process").arg(&film), "is empty");
+}
+
+#[test]
+fn text_file_named_mp4_is_a_one_line_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let film = dir.path().join("notes.mp4");
+    std::fs::write(&film, "These are meeting notes, not a video.\n").expect("write");
+    let out = dir.path().join("out");
+    assert_one_line_error(
+        shotlist().arg("process").arg(&film).arg("--out").arg(&out),
+        "notes.mp4",
+    );
+    assert!(!out.exists(), "no sheet is written for a bad film");
+}
+
+#[test]
+fn overlap_as_long_as_the_chunk_is_refused_naming_both_flags() {
+    assert_one_line_error(
+        shotlist().arg("process").arg(city_film()).args([
+            "--chunk-seconds",
+            "180",
+            "--overlap-seconds",
+            "180",
+        ]),
+        "--overlap-seconds (180) must be smaller than --chunk-seconds (180)",
+    );
+}
+
+#[test]
+fn zero_concurrency_is_refused_naming_the_flag() {
+    assert_one_line_error(
+        shotlist()
+            .arg("process")
+            .arg(city_film())
+            .args(["--concurrency", "0"]),
+        "--concurrency must be between 1 and 64, got 0",
+    );
+}
+
+#[test]
+fn unparsable_flag_value_is_a_one_line_error() {
+    assert_one_line_error(
+        shotlist()
+            .arg("process")
+            .arg(city_film())
+            .args(["--chunk-seconds", "three"]),
+        "--chunk-seconds",
+    );
+}
+
+#[test]
+fn unreachable_database_is_an_error_without_the_password() {
+    let url = "postgresql://u:secretpw@127.0.0.1:1/x";
+    let stderr = assert_one_line_error(
+        shotlist()
+            .arg("process")
+            .arg(city_film())
+            .args(["--database-url", url]),
+        "127.0.0.1",
+    );
+    assert!(!stderr.contains("secretpw"), "password leaked: {stderr:?}");
+
+    // The same through the environment, with logs at their most verbose.
+    let (output, stdout, stderr) = run(shotlist()
+        .arg("process")
+        .arg(city_film())
+        .env("DATABASE_URL", url)
+        .env("RUST_LOG", "trace"));
+    assert!(!output.status.success());
+    assert!(
+        stderr
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .starts_with("shotlist: error: "),
+        "{stderr:?}"
+    );
+    assert!(
+        !stdout.contains("secretpw") && !stderr.contains("secretpw"),
+        "password leaked: {stderr:?}"
+    );
+}
+
+#[test]
+fn help_does_not_show_the_database_url_from_the_environment() {
+    let (output, stdout, _) = run(shotlist()
+        .args(["process", "--help"])
+        .env("DATABASE_URL", "postgresql://u:secretpw@127.0.0.1:1/x"));
+    assert!(output.status.success());
+    assert!(stdout.contains("--database-url"), "{stdout}");
+    assert!(
+        !stdout.contains("secretpw"),
+        "password shown in --help: {stdout}"
+    );
+}
+
+#[test]
+fn ctrl_c_during_start_up_removes_the_embedded_database() {
+    let mut child = shotlist()
+        .arg("process")
+        .arg(city_film())
+        .env("RUST_LOG", "shotlist_shared::localdb=debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start shotlist");
+    let stderr = child.stderr.take().expect("stderr");
+    let (lines_tx, lines) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next_line = || {
+        lines
+            .recv_timeout(LINE_TIMEOUT)
+            .expect("shotlist said something")
+    };
+    while !next_line().contains("starting the embedded PostgreSQL") {}
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success(), "SIGINT sent");
+
+    let status = child.wait().expect("shotlist ends");
+    let rest: Vec<String> = lines.iter().collect();
+    reader.join().expect("reader thread");
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "exit status after Ctrl-C; stderr: {rest:?}"
+    );
+    assert_eq!(
+        rest.last().map(String::as_str),
+        Some("shotlist: error: interrupted")
+    );
+    let dir = rest
+        .iter()
+        .find_map(|line| line.split("dir=").nth(1))
+        .map(|dir| PathBuf::from(dir.trim()))
+        .expect("the cluster's folder was logged");
+    assert!(!dir.exists(), "{} was removed", dir.display());
+}
