@@ -8,13 +8,12 @@ use shotlist_shared::plan::{self, PlanParams};
 use shotlist_shared::runner::{run_local, RunEvent, RunOptions};
 use shotlist_shared::sheet::{Sheet, SheetStatus};
 use shotlist_shared::time::{self, Fps};
-use shotlist_tests::film::{cuts_49_minutes, make_film, Film};
+use shotlist_tests::film::{cuts_49_minutes, film_dir, make_film, Film};
 use shotlist_tests::pg::fresh_db;
 
 fn film_49_minutes(fps: Fps) -> Film {
     let (cuts, duration_frames) = cuts_49_minutes(fps);
-    let dir = std::env::temp_dir();
-    make_film(&dir, fps, &cuts, duration_frames, true)
+    make_film(&film_dir(), fps, &cuts, duration_frames, true)
 }
 
 async fn run(film: &Film, options: &RunOptions) -> (Sheet, u32) {

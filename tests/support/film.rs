@@ -205,11 +205,7 @@ fn shot_source(i: usize, fps: Fps) -> String {
     if i % 7 == 3 {
         return format!("testsrc2=s={SIZE}:r={fps},format=yuv420p");
     }
-    let colour = if i % 2 == 0 {
-        BRIGHT[(i / 2) % 4]
-    } else {
-        DARK[(i / 2) % 4]
-    };
+    let colour = [BRIGHT, DARK][i % 2][(i / 2) % 4];
     format!("color=c={colour}:s={SIZE}:r={fps},format=yuv420p,noise=alls=6:allf=t")
 }
 
@@ -270,7 +266,7 @@ fn fill_between(anchors: &[i64], duration: i64, fps: Fps) -> Vec<i64> {
     for &to in anchors.iter().chain([&duration]) {
         let mut at = from;
         loop {
-            let short = random.next() % 3 == 0;
+            let short = random.between(0, 2) == 0;
             let len = random.between(shortest, if short { fps.frame_at(5.0) } else { longest });
             if at + len > to - shortest {
                 break;

@@ -411,20 +411,22 @@ fn ffmpeg_failure(request: &ChunkRequest, output: &Output) -> AnalyzeError {
 /// Returns absolute frame indexes with their scene scores.
 fn parse_scores(text: &str, media: &crate::probe::MediaInfo) -> Vec<(i64, f64)> {
     let mut frames = Vec::new();
+    // A frame without a timestamp has no index: its score is dropped too.
+    let mut current: Option<(i64, f64)> = None;
     for line in text.lines() {
         if line.starts_with("frame:") {
+            frames.extend(current.take());
             let pts = line
                 .split_whitespace()
                 .find_map(|t| t.strip_prefix("pts:")?.parse::<i64>().ok());
-            if let Some(pts) = pts {
-                frames.push((frame_index(pts as f64 / 1e6, media), 0.0));
-            }
-        } else if let (Some(score), Some(last)) =
-            (value_of(line, "lavfi.scene_score"), frames.last_mut())
+            current = pts.map(|pts| (frame_index(pts as f64 / 1e6, media), 0.0));
+        } else if let (Some(score), Some(frame)) =
+            (value_of(line, "lavfi.scene_score"), current.as_mut())
         {
-            last.1 = score;
+            frame.1 = score;
         }
     }
+    frames.extend(current);
     frames
 }
 
@@ -513,7 +515,8 @@ mod tests {
     fn scores_are_read_per_frame_and_other_metadata_is_ignored() {
         let text = "frame:0    pts:540000  pts_time:0.54\nlavfi.scene_score=0.000000\n\
                     timecode=00:00:00:00\n\
-                    frame:1    pts:580000  pts_time:0.58\nlavfi.scene_score=0.512000\n";
+                    frame:1    pts:NOPTS   pts_time:NOPTS\nlavfi.scene_score=0.9\n\
+                    frame:2    pts:580000  pts_time:0.58\nlavfi.scene_score=0.512000\n";
         let frames = parse_scores(text, &media("25/1", 0.5, false));
         assert_eq!(frames, [(1, 0.0), (2, 0.512)]);
     }
