@@ -90,8 +90,9 @@ async fn city_footage_as_one_chunk_has_one_real_cut_at_frame_116() {
 #[tokio::test]
 async fn city_footage_chunks_starting_between_keyframes_see_the_same_cut() {
     let media = probe(&city()).await.unwrap();
-    // Keyframes every 12 frames (..., 108, 120); ffmpeg's seek in this MPEG
-    // program stream lands after the target for most of these starts.
+    // Keyframes every 12 frames (..., 108, 120); without the analyzer's
+    // pre-roll, ffmpeg's seek in this MPEG program stream would land after
+    // the target for most of these starts.
     for start in [1, 50, 100, 103, 109, 113, 114, 115] {
         let (_, cuts) = analyze(&city(), &media, start, 190).await;
         assert_eq!(cuts, [116], "chunk starting at {start}");
@@ -349,7 +350,15 @@ async fn a_transport_stream_whose_video_starts_after_its_sound_keeps_cuts_and_so
     let dir = tempfile::tempdir().unwrap();
     let ts = with_delayed_video(&film, dir.path(), 0.5);
     let media = probe(&ts).await.unwrap();
-    for (start, end) in [(0, film.duration_frames), (301, 900), (611, 1300)] {
+    // Keyframes every 300 frames: a seek to frame 200 in a transport stream
+    // decodes nothing before frame 300, so that chunk is read again from the
+    // start.
+    for (start, end) in [
+        (0, film.duration_frames),
+        (200, 700),
+        (301, 900),
+        (611, 1300),
+    ] {
         let (_, cuts) = analyze(&ts, &media, start, end).await;
         assert_eq!(cuts, film.cuts_inside(start, end), "chunk [{start}, {end})");
     }

@@ -13,9 +13,10 @@
 //!
 //! * ffmpeg runs with `-copyts -start_at_zero`, so every frame keeps its own
 //!   timestamp, counted from the container's start; the frame index is
-//!   `round((pts - start_offset) * fps)`. Without `-copyts`, ffmpeg 5.1 shifts
-//!   the timestamps after a seek in an MPEG program stream by half a frame
-//!   now and then, which makes a rounded index ambiguous.
+//!   `round((pts - start_offset) * fps)`. Without `-copyts`, ffmpeg 5.1
+//!   rebases timestamps on the seek target, and after some seeks in an MPEG
+//!   program stream they come out half a frame off, which makes a rounded
+//!   index ambiguous.
 //! * The scene score of a frame depends on the two frames before it (ffmpeg
 //!   compares each frame's difference with the previous difference), so
 //!   decoding starts at least one frame before the chunk: then every frame
