@@ -24,7 +24,9 @@ async fn run(film: &Film, options: &RunOptions) -> (Sheet, u32) {
             done.fetch_add(1, Ordering::SeqCst);
         }
     };
-    let sheet = run_local(&db, &film.path, options, &on_event).await.expect("the run succeeds");
+    let sheet = run_local(&db, &film.path, options, &on_event)
+        .await
+        .expect("the run succeeds");
     (sheet, done.load(Ordering::SeqCst))
 }
 
@@ -34,9 +36,20 @@ fn starts(sheet: &Sheet) -> Vec<i64> {
 
 /// Every expected cut is found within one frame, and nothing else is.
 fn assert_same_cuts(found: &[i64], expected: &[i64]) {
-    let missing: Vec<i64> = expected.iter().copied().filter(|e| !found.iter().any(|f| (f - e).abs() <= 1)).collect();
-    let extra: Vec<i64> = found.iter().copied().filter(|f| !expected.iter().any(|e| (f - e).abs() <= 1)).collect();
-    assert!(missing.is_empty() && extra.is_empty(), "missing cuts {missing:?}, extra cuts {extra:?}");
+    let missing: Vec<i64> = expected
+        .iter()
+        .copied()
+        .filter(|e| !found.iter().any(|f| (f - e).abs() <= 1))
+        .collect();
+    let extra: Vec<i64> = found
+        .iter()
+        .copied()
+        .filter(|f| !expected.iter().any(|e| (f - e).abs() <= 1))
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "missing cuts {missing:?}, extra cuts {extra:?}"
+    );
     assert_eq!(found.len(), expected.len(), "a cut was doubled");
 }
 
@@ -45,8 +58,14 @@ fn assert_contiguous(sheet: &Sheet, fps: Fps) {
     assert_eq!(sheet.shots.last().unwrap().end_frame, sheet.duration_frames);
     for (n, shot) in sheet.shots.iter().enumerate() {
         assert_eq!(shot.number as usize, n + 1);
-        assert_eq!(time::parse_timecode(&shot.start, fps).unwrap(), shot.start_frame);
-        assert_eq!(time::parse_timecode(&shot.end, fps).unwrap(), shot.end_frame);
+        assert_eq!(
+            time::parse_timecode(&shot.start, fps).unwrap(),
+            shot.start_frame
+        );
+        assert_eq!(
+            time::parse_timecode(&shot.end, fps).unwrap(),
+            shot.end_frame
+        );
     }
     for w in sheet.shots.windows(2) {
         assert_eq!(w[0].end_frame, w[1].start_frame);
@@ -57,7 +76,10 @@ async fn film_gives_its_cut_list(fps: Fps) {
     let film = film_49_minutes(fps);
     let (sheet, done) = run(&film, &RunOptions::default()).await;
     assert_eq!(sheet.total_chunks, 18);
-    assert_eq!((sheet.completed_chunks, sheet.failed_chunks, done), (18, 0, 18));
+    assert_eq!(
+        (sheet.completed_chunks, sheet.failed_chunks, done),
+        (18, 0, 18)
+    );
     assert_eq!(sheet.status, SheetStatus::Complete);
     assert_eq!(sheet.fps, fps.to_string());
     assert_eq!(sheet.duration_frames, film.duration_frames);
@@ -66,8 +88,18 @@ async fn film_gives_its_cut_list(fps: Fps) {
 
     // The same analyzer over the whole film in one pass finds the same cuts:
     // chunking adds, drops and moves nothing.
-    let whole = PlanParams { chunk_seconds: 4000.0, overlap_seconds: 15.0 };
-    let (one_pass, _) = run(&film, &RunOptions { plan: whole, ..RunOptions::default() }).await;
+    let whole = PlanParams {
+        chunk_seconds: 4000.0,
+        overlap_seconds: 15.0,
+    };
+    let (one_pass, _) = run(
+        &film,
+        &RunOptions {
+            plan: whole,
+            ..RunOptions::default()
+        },
+    )
+    .await;
     assert_eq!(one_pass.total_chunks, 1);
     assert_eq!(starts(&one_pass), starts(&sheet));
 }
@@ -91,13 +123,37 @@ async fn the_cut_list_exercises_every_seam_case() {
         let chunks = plan::plan_frames(frames, fps, PlanParams::default()).unwrap();
         let regions = plan::regions(&chunks);
         let has = |f: i64| cuts.contains(&f);
-        assert!(chunks[1..].iter().filter(|c| has(c.start_frame)).count() >= 2, "cuts at chunk starts");
-        assert!(chunks[1..].iter().any(|c| has(c.start_frame - 1)), "a cut one frame before a chunk start");
-        assert!(regions[..17].iter().any(|r| has(r.1 - 1)), "a cut one frame before a seam");
-        assert!(regions[..17].iter().any(|r| has(r.1)), "a cut exactly at a seam");
-        let in_overlap = |f: i64| chunks.windows(2).any(|w| f > w[1].start_frame && f < w[0].end_frame);
-        assert!(cuts.iter().filter(|&&f| in_overlap(f)).count() >= 5, "cuts inside overlaps");
-        let shots: Vec<i64> = [0].iter().chain(&cuts).chain([frames].iter()).copied().collect::<Vec<_>>();
+        assert!(
+            chunks[1..].iter().filter(|c| has(c.start_frame)).count() >= 2,
+            "cuts at chunk starts"
+        );
+        assert!(
+            chunks[1..].iter().any(|c| has(c.start_frame - 1)),
+            "a cut one frame before a chunk start"
+        );
+        assert!(
+            regions[..17].iter().any(|r| has(r.1 - 1)),
+            "a cut one frame before a seam"
+        );
+        assert!(
+            regions[..17].iter().any(|r| has(r.1)),
+            "a cut exactly at a seam"
+        );
+        let in_overlap = |f: i64| {
+            chunks
+                .windows(2)
+                .any(|w| f > w[1].start_frame && f < w[0].end_frame)
+        };
+        assert!(
+            cuts.iter().filter(|&&f| in_overlap(f)).count() >= 5,
+            "cuts inside overlaps"
+        );
+        let shots: Vec<i64> = [0]
+            .iter()
+            .chain(&cuts)
+            .chain([frames].iter())
+            .copied()
+            .collect::<Vec<_>>();
         for w in shots.windows(2) {
             let seconds = (w[1] - w[0]) as f64 / fps.as_f64();
             assert!((0.45..=30.05).contains(&seconds), "shot of {seconds} s");

@@ -27,7 +27,8 @@ use crate::time::Fps;
 
 /// The migrations, applied in this order. A test checks that this list and
 /// the `migrations/` folder agree.
-pub const MIGRATIONS: &[(&str, &str)] = &[("0001_core", include_str!("../../migrations/0001_core.sql"))];
+pub const MIGRATIONS: &[(&str, &str)] =
+    &[("0001_core", include_str!("../../migrations/0001_core.sql"))];
 
 /// Serializes concurrent migrators of one database.
 const MIGRATION_LOCK: i64 = 0x5307_1157;
@@ -70,12 +71,20 @@ impl DbError {
     }
 
     fn from_query(what: &str, source: tokio_postgres::Error) -> DbError {
-        let message = || source.as_db_error().map(|e| e.message().to_string()).unwrap_or_default();
+        let message = || {
+            source
+                .as_db_error()
+                .map(|e| e.message().to_string())
+                .unwrap_or_default()
+        };
         match source.code().map(|c| c.code()) {
             Some("22023") => DbError::InvalidArgument(message()),
             Some("P0002") => DbError::NotFound(message()),
             Some("55000") => DbError::NotReady(message()),
-            _ => DbError::Query { what: what.to_string(), source },
+            _ => DbError::Query {
+                what: what.to_string(),
+                source,
+            },
         }
     }
 }
@@ -170,7 +179,10 @@ pub enum Claim {
     /// Completed or failed already (a duplicate delivery): nothing to do.
     /// `progress` is set when this claim itself failed the chunk for having
     /// used up its attempts.
-    Terminal { status: String, progress: Option<Progress> },
+    Terminal {
+        status: String,
+        progress: Option<Progress>,
+    },
 }
 
 #[derive(Deserialize)]
@@ -218,13 +230,16 @@ impl Db {
     /// Opens a pool of at most `max_connections` to `url` (a `postgresql://`
     /// URL or `key=value` string) and checks that the server answers.
     pub async fn connect(url: &str, max_connections: usize) -> Result<Db, DbError> {
-        let config = tokio_postgres::Config::from_str(url).map_err(|e| DbError::BadUrl(e.to_string()))?;
+        let config =
+            tokio_postgres::Config::from_str(url).map_err(|e| DbError::BadUrl(e.to_string()))?;
         let target = describe_target(&config);
         let mut config = config;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(10));
         }
-        let manager_config = ManagerConfig { recycling_method: RecyclingMethod::Fast };
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
         let manager = Manager::from_config(config, tls_connector()?, manager_config);
         let pool = Pool::builder(manager)
             .max_size(max_connections.max(1))
@@ -264,7 +279,10 @@ impl Db {
             match client.query_typed_one(sql, params).await {
                 Ok(row) => return decode(what, row),
                 Err(e) if !retried && is_connection_lost(&e) => {
-                    tracing::warn!(call = what, "database connection lost; retrying once on a new one");
+                    tracing::warn!(
+                        call = what,
+                        "database connection lost; retrying once on a new one"
+                    );
                     drop(Object::take(client));
                     retried = true;
                 }
@@ -280,14 +298,23 @@ impl Db {
         let mut applied = Vec::new();
         for (name, sql) in MIGRATIONS {
             let what = format!("applying migration {name}");
-            let tx = client.transaction().await.map_err(|e| DbError::from_query(&what, e))?;
-            tx.execute_typed("SELECT pg_advisory_xact_lock($1)", &[(&MIGRATION_LOCK, Type::INT8)])
+            let tx = client
+                .transaction()
                 .await
                 .map_err(|e| DbError::from_query(&what, e))?;
+            tx.execute_typed(
+                "SELECT pg_advisory_xact_lock($1)",
+                &[(&MIGRATION_LOCK, Type::INT8)],
+            )
+            .await
+            .map_err(|e| DbError::from_query(&what, e))?;
             // Two statements: a statement that names a missing table fails
             // before any of it runs, whatever guards it.
             let has_table: bool = tx
-                .query_typed_one("SELECT to_regclass('shotlist.schema_migrations') IS NOT NULL", &[])
+                .query_typed_one(
+                    "SELECT to_regclass('shotlist.schema_migrations') IS NOT NULL",
+                    &[],
+                )
                 .await
                 .map_err(|e| DbError::from_query(&what, e))?
                 .get(0);
@@ -301,16 +328,25 @@ impl Db {
                     .map_err(|e| DbError::from_query(&what, e))?
                     .get::<_, bool>(0);
             if !done {
-                tx.batch_execute(sql).await.map_err(|e| DbError::from_query(&what, e))?;
+                tx.batch_execute(sql)
+                    .await
+                    .map_err(|e| DbError::from_query(&what, e))?;
                 applied.push(name.to_string());
             }
-            tx.commit().await.map_err(|e| DbError::from_query(&what, e))?;
+            tx.commit()
+                .await
+                .map_err(|e| DbError::from_query(&what, e))?;
         }
         Ok(applied)
     }
 
     /// `register_video`: plans the chunks of a film; returns their number.
-    pub async fn register_video(&self, video_id: Uuid, duration_seconds: f64, plan: PlanParams) -> Result<u32, DbError> {
+    pub async fn register_video(
+        &self,
+        video_id: Uuid,
+        duration_seconds: f64,
+        plan: PlanParams,
+    ) -> Result<u32, DbError> {
         let count: i32 = self
             .call(
                 "register_video",
@@ -327,8 +363,14 @@ impl Db {
     }
 
     /// `describe_video`: records what probing found and fixes chunk frames.
-    pub async fn describe_video(&self, video_id: Uuid, source: &str, media: &MediaInfo) -> Result<(), DbError> {
-        let media_json = serde_json::to_value(media).map_err(|e| decode_error("describe_video", e))?;
+    pub async fn describe_video(
+        &self,
+        video_id: Uuid,
+        source: &str,
+        media: &MediaInfo,
+    ) -> Result<(), DbError> {
+        let media_json =
+            serde_json::to_value(media).map_err(|e| decode_error("describe_video", e))?;
         let (num, den) = (media.fps.num() as i32, media.fps.den() as i32);
         let _: Value = self
             .call(
@@ -373,7 +415,12 @@ impl Db {
         self.call(
             "update_chunk_status",
             "SELECT public.update_chunk_status($1, $2, $3, $4)",
-            &[(&video_id, Type::UUID), (&chunk_index, Type::INT4), (&status, Type::TEXT), (&error, Type::TEXT)],
+            &[
+                (&video_id, Type::UUID),
+                (&chunk_index, Type::INT4),
+                (&status, Type::TEXT),
+                (&error, Type::TEXT),
+            ],
         )
         .await
     }
@@ -386,12 +433,18 @@ impl Db {
         lease: Duration,
         max_attempts: u32,
     ) -> Result<Claim, DbError> {
-        let (index, seconds, attempts) = (chunk_index as i32, lease.as_secs_f64(), max_attempts as i32);
+        let (index, seconds, attempts) =
+            (chunk_index as i32, lease.as_secs_f64(), max_attempts as i32);
         let answer: Value = self
             .call(
                 "claim_chunk",
                 "SELECT public.claim_chunk($1, $2, $3, $4)",
-                &[(&video_id, Type::UUID), (&index, Type::INT4), (&seconds, Type::FLOAT8), (&attempts, Type::INT4)],
+                &[
+                    (&video_id, Type::UUID),
+                    (&index, Type::INT4),
+                    (&seconds, Type::FLOAT8),
+                    (&attempts, Type::INT4),
+                ],
             )
             .await?;
         let head: ClaimAnswer = from_value("claim_chunk", answer.clone())?;
@@ -405,7 +458,10 @@ impl Db {
             Some(_) => Some(from_value("claim_chunk", answer)?),
             None => None,
         };
-        Ok(Claim::Terminal { status: head.status, progress })
+        Ok(Claim::Terminal {
+            status: head.status,
+            progress,
+        })
     }
 
     /// `complete_chunk`: saves `shots` (absolute frames) and marks the chunk
@@ -422,7 +478,12 @@ impl Db {
         self.call(
             "complete_chunk",
             "SELECT public.complete_chunk($1, $2, $3, $4)",
-            &[(&video_id, Type::UUID), (&index, Type::INT4), (&lease_token, Type::UUID), (&shots, Type::JSONB)],
+            &[
+                (&video_id, Type::UUID),
+                (&index, Type::INT4),
+                (&lease_token, Type::UUID),
+                (&shots, Type::JSONB),
+            ],
         )
         .await
     }
@@ -455,18 +516,33 @@ impl Db {
 
     /// `chunk_progress`: the progress document of a film.
     pub async fn chunk_progress(&self, video_id: Uuid) -> Result<Value, DbError> {
-        self.call("chunk_progress", "SELECT public.chunk_progress($1)", &[(&video_id, Type::UUID)]).await
+        self.call(
+            "chunk_progress",
+            "SELECT public.chunk_progress($1)",
+            &[(&video_id, Type::UUID)],
+        )
+        .await
     }
 
     /// `chunk_results`: everything the merge needs.
     pub async fn chunk_results(&self, video_id: Uuid) -> Result<FilmResults, DbError> {
-        self.call("chunk_results", "SELECT public.chunk_results($1)", &[(&video_id, Type::UUID)]).await
+        self.call(
+            "chunk_results",
+            "SELECT public.chunk_results($1)",
+            &[(&video_id, Type::UUID)],
+        )
+        .await
     }
 
     /// `get_sheet`: the stored sheet, if the film has one.
     pub async fn get_sheet(&self, video_id: Uuid) -> Result<Option<Sheet>, DbError> {
-        let sheet: Option<Value> =
-            self.call("get_sheet", "SELECT public.get_sheet($1)", &[(&video_id, Type::UUID)]).await?;
+        let sheet: Option<Value> = self
+            .call(
+                "get_sheet",
+                "SELECT public.get_sheet($1)",
+                &[(&video_id, Type::UUID)],
+            )
+            .await?;
         sheet.map(|s| from_value("get_sheet", s)).transpose()
     }
 
@@ -477,7 +553,9 @@ impl Db {
         let mut retried = false;
         loop {
             match self.finalize_once(video_id).await {
-                Err(DbError::Query { source, .. }) if !retried && is_connection_lost(&source) => retried = true,
+                Err(DbError::Query { source, .. }) if !retried && is_connection_lost(&source) => {
+                    retried = true
+                }
                 other => return other,
             }
         }
@@ -486,14 +564,24 @@ impl Db {
     async fn finalize_once(&self, video_id: Uuid) -> Result<Sheet, DbError> {
         let what = "finalizing";
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(|e| DbError::from_query(what, e))?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| DbError::from_query(what, e))?;
         let row = tx
-            .query_typed_one("SELECT public.chunk_results($1)", &[(&video_id, Type::UUID)])
+            .query_typed_one(
+                "SELECT public.chunk_results($1)",
+                &[(&video_id, Type::UUID)],
+            )
             .await
             .map_err(|e| DbError::from_query(what, e))?;
         let results: FilmResults = decode("chunk_results", row)?;
         if !results.finished {
-            let open = results.chunks.iter().filter(|c| !matches!(c.status.as_str(), "completed" | "failed")).count();
+            let open = results
+                .chunks
+                .iter()
+                .filter(|c| !matches!(c.status.as_str(), "completed" | "failed"))
+                .count();
             return Err(DbError::NotReady(format!(
                 "video {video_id} is not finished: {open} of {} chunks are still open",
                 results.total_chunks
@@ -502,11 +590,16 @@ impl Db {
         let sheet = build_sheet(&results)?;
         let sheet_json = serde_json::to_value(&sheet).map_err(|e| decode_error(what, e))?;
         let row = tx
-            .query_typed_one("SELECT public.store_sheet($1, $2)", &[(&video_id, Type::UUID), (&sheet_json, Type::JSONB)])
+            .query_typed_one(
+                "SELECT public.store_sheet($1, $2)",
+                &[(&video_id, Type::UUID), (&sheet_json, Type::JSONB)],
+            )
             .await
             .map_err(|e| DbError::from_query(what, e))?;
         let stored: Sheet = decode("store_sheet", row)?;
-        tx.commit().await.map_err(|e| DbError::from_query(what, e))?;
+        tx.commit()
+            .await
+            .map_err(|e| DbError::from_query(what, e))?;
         Ok(stored)
     }
 }
@@ -520,20 +613,41 @@ pub fn build_sheet(results: &FilmResults) -> Result<Sheet, DbError> {
         .ok_or_else(|| decode_error(what, "the film has no frame rate (never described)"))?
         .parse()
         .map_err(|e| decode_error(what, e))?;
-    let duration_frames = results.duration_frames.ok_or_else(|| decode_error(what, "no duration in frames"))?;
+    let duration_frames = results
+        .duration_frames
+        .ok_or_else(|| decode_error(what, "no duration in frames"))?;
     let mut outcomes = Vec::with_capacity(results.chunks.len());
     for chunk in &results.chunks {
         let (Some(start_frame), Some(end_frame)) = (chunk.start_frame, chunk.end_frame) else {
-            return Err(decode_error(what, format!("chunk {} has no frames", chunk.index)));
+            return Err(decode_error(
+                what,
+                format!("chunk {} has no frames", chunk.index),
+            ));
         };
         let result = match chunk.status.as_str() {
             "completed" => ChunkResult::Completed(chunk.shots.clone()),
-            _ => ChunkResult::Failed(chunk.error.clone().unwrap_or_else(|| format!("chunk ended {}", chunk.status))),
+            _ => ChunkResult::Failed(
+                chunk
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| format!("chunk ended {}", chunk.status)),
+            ),
         };
-        outcomes.push(ChunkOutcome { span: FrameSpan { index: chunk.index, start_frame, end_frame }, result });
+        outcomes.push(ChunkOutcome {
+            span: FrameSpan {
+                index: chunk.index,
+                start_frame,
+                end_frame,
+            },
+            result,
+        });
     }
     let merged = merge::merge(&outcomes, duration_frames, fps);
-    let completed = results.chunks.iter().filter(|c| c.status == "completed").count() as u32;
+    let completed = results
+        .chunks
+        .iter()
+        .filter(|c| c.status == "completed")
+        .count() as u32;
     let failed = results.chunks.len() as u32 - completed;
     Ok(Sheet {
         video_id: results.video_id,
@@ -543,13 +657,20 @@ pub fn build_sheet(results: &FilmResults) -> Result<Sheet, DbError> {
         total_chunks: results.total_chunks,
         completed_chunks: completed,
         failed_chunks: failed,
-        status: if failed == 0 { SheetStatus::Complete } else { SheetStatus::Partial },
+        status: if failed == 0 {
+            SheetStatus::Complete
+        } else {
+            SheetStatus::Partial
+        },
         shots: merged.shots,
         gaps: merged.gaps,
     })
 }
 
-fn decode<T: serde::de::DeserializeOwned>(what: &str, row: tokio_postgres::Row) -> Result<T, DbError> {
+fn decode<T: serde::de::DeserializeOwned>(
+    what: &str,
+    row: tokio_postgres::Row,
+) -> Result<T, DbError> {
     let value: Option<Value> = row.try_get(0).map_err(|e| decode_error(what, e))?;
     from_value(what, value.unwrap_or(Value::Null))
 }
@@ -559,7 +680,10 @@ fn from_value<T: serde::de::DeserializeOwned>(what: &str, value: Value) -> Resul
 }
 
 fn decode_error(what: &str, detail: impl std::fmt::Display) -> DbError {
-    DbError::Decode { what: what.to_string(), detail: detail.to_string() }
+    DbError::Decode {
+        what: what.to_string(),
+        detail: detail.to_string(),
+    }
 }
 
 /// `host:port/dbname`, for messages: never the user or the password.
@@ -570,7 +694,10 @@ fn describe_target(config: &tokio_postgres::Config) -> String {
         None => "localhost".to_string(),
     };
     let port = config.get_ports().first().copied().unwrap_or(5432);
-    format!("{host}:{port}/{}", config.get_dbname().unwrap_or("(default)"))
+    format!(
+        "{host}:{port}/{}",
+        config.get_dbname().unwrap_or("(default)")
+    )
 }
 
 /// A connection error's cause, which names the failure (refused, timed out,
@@ -591,10 +718,18 @@ fn connect_detail(error: &tokio_postgres::Error) -> String {
 fn tls_connector() -> Result<postgres_native_tls::MakeTlsConnector, DbError> {
     let mut builder = native_tls::TlsConnector::builder();
     if let Some(path) = std::env::var_os("DATABASE_CA_CERT") {
-        let pem = std::fs::read(&path)
-            .map_err(|e| DbError::Tls(format!("cannot read DATABASE_CA_CERT {}: {e}", path.to_string_lossy())))?;
-        let cert = native_tls::Certificate::from_pem(&pem)
-            .map_err(|e| DbError::Tls(format!("DATABASE_CA_CERT {} is not a PEM certificate: {e}", path.to_string_lossy())))?;
+        let pem = std::fs::read(&path).map_err(|e| {
+            DbError::Tls(format!(
+                "cannot read DATABASE_CA_CERT {}: {e}",
+                path.to_string_lossy()
+            ))
+        })?;
+        let cert = native_tls::Certificate::from_pem(&pem).map_err(|e| {
+            DbError::Tls(format!(
+                "DATABASE_CA_CERT {} is not a PEM certificate: {e}",
+                path.to_string_lossy()
+            ))
+        })?;
         builder.add_root_certificate(cert);
     }
     let connector = builder.build().map_err(|e| DbError::Tls(e.to_string()))?;

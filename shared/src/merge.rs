@@ -67,12 +67,22 @@ pub fn merge(chunks: &[ChunkOutcome], duration_frames: i64, fps: Fps) -> Merged 
                 add_pieces(&mut drafts, pieces, chunk.span.index, after_gap);
             }
             ChunkResult::Failed(reason) => {
-                add_gap(&mut gaps, region_start, region_end, chunk.span.index, reason, fps);
+                add_gap(
+                    &mut gaps,
+                    region_start,
+                    region_end,
+                    chunk.span.index,
+                    reason,
+                    fps,
+                );
             }
         }
     }
     close_drafts(&mut drafts, &gaps, duration_frames);
-    Merged { shots: number(drafts, fps), gaps }
+    Merged {
+        shots: number(drafts, fps),
+        gaps,
+    }
 }
 
 /// The parts of `shots` inside `[start, end)`, clipped to it, with a flag
@@ -86,7 +96,9 @@ fn pieces_in_region(shots: &[Shot], start: i64, end: i64) -> Vec<(bool, Shot)> {
             let mut piece = s.clone();
             piece.start_frame = s.start_frame.max(start);
             piece.end_frame = s.end_frame.min(end);
-            piece.dialogue.retain(|l| l.start_frame.is_none_or(|f| f >= start && f < end));
+            piece
+                .dialogue
+                .retain(|l| l.start_frame.is_none_or(|f| f >= start && f < end));
             (is_cut, piece)
         })
         .collect();
@@ -96,17 +108,23 @@ fn pieces_in_region(shots: &[Shot], start: i64, end: i64) -> Vec<(bool, Shot)> {
 
 fn add_pieces(drafts: &mut Vec<Draft>, pieces: Vec<(bool, Shot)>, chunk: u32, after_gap: bool) {
     for (is_cut, piece) in pieces {
-        let continues = !is_cut && !after_gap && drafts.last().is_some_and(|d| d.end == piece.start_frame);
+        let continues =
+            !is_cut && !after_gap && drafts.last().is_some_and(|d| d.end == piece.start_frame);
         let same_cut = is_cut
-            && drafts
-                .last()
-                .is_some_and(|d| d.chunk != chunk && piece.start_frame - d.start <= SEAM_TOLERANCE_FRAMES);
+            && drafts.last().is_some_and(|d| {
+                d.chunk != chunk && piece.start_frame - d.start <= SEAM_TOLERANCE_FRAMES
+            });
         match drafts.last_mut() {
             Some(last) if continues || same_cut => {
                 last.end = last.end.max(piece.end_frame);
                 append_dialogue(&mut last.shot.dialogue, piece.dialogue);
             }
-            _ => drafts.push(Draft { start: piece.start_frame, end: piece.end_frame, chunk, shot: piece }),
+            _ => drafts.push(Draft {
+                start: piece.start_frame,
+                end: piece.end_frame,
+                chunk,
+                shot: piece,
+            }),
         }
     }
 }
@@ -118,7 +136,9 @@ fn append_dialogue(lines: &mut Vec<DialogueLine>, more: Vec<DialogueLine>) {
         let repeated = lines.iter().rev().take(4).any(|l| {
             l.speaker == line.speaker
                 && l.line == line.line
-                && (l.start_frame.is_none() || line.start_frame.is_none() || l.start_frame == line.start_frame)
+                && (l.start_frame.is_none()
+                    || line.start_frame.is_none()
+                    || l.start_frame == line.start_frame)
         });
         if !repeated {
             lines.push(line);
@@ -148,9 +168,17 @@ fn add_gap(gaps: &mut Vec<Gap>, start: i64, end: i64, chunk: u32, reason: &str, 
 /// Makes the shots contiguous: each ends where the next starts, unless a gap
 /// starts first; the last ends at the film's end or where a gap starts.
 fn close_drafts(drafts: &mut [Draft], gaps: &[Gap], duration_frames: i64) {
-    let next_starts: Vec<i64> = drafts.iter().skip(1).map(|d| d.start).chain([duration_frames]).collect();
+    let next_starts: Vec<i64> = drafts
+        .iter()
+        .skip(1)
+        .map(|d| d.start)
+        .chain([duration_frames])
+        .collect();
     for (draft, next) in drafts.iter_mut().zip(next_starts) {
-        let gap_start = gaps.iter().map(|g| g.start_frame).find(|&g| g >= draft.end && g <= next);
+        let gap_start = gaps
+            .iter()
+            .map(|g| g.start_frame)
+            .find(|&g| g >= draft.end && g <= next);
         draft.end = gap_start.unwrap_or(next);
     }
 }
@@ -195,16 +223,26 @@ mod tests {
     /// What an exact analyzer reports for chunk `span` of a film with `cuts`.
     fn analyze(span: FrameSpan, cuts: &[i64]) -> Vec<Shot> {
         let mut bounds = vec![span.start_frame];
-        bounds.extend(cuts.iter().copied().filter(|&c| c > span.start_frame && c < span.end_frame));
+        bounds.extend(
+            cuts.iter()
+                .copied()
+                .filter(|&c| c > span.start_frame && c < span.end_frame),
+        );
         bounds.push(span.end_frame);
-        bounds.windows(2).map(|w| shot(w[0], w[1], &format!("from {}", w[0]))).collect()
+        bounds
+            .windows(2)
+            .map(|w| shot(w[0], w[1], &format!("from {}", w[0])))
+            .collect()
     }
 
     fn film(duration: i64, cuts: &[i64]) -> Vec<ChunkOutcome> {
         plan_frames(duration, fps(), PlanParams::default())
             .unwrap()
             .into_iter()
-            .map(|span| ChunkOutcome { span, result: ChunkResult::Completed(analyze(span, cuts)) })
+            .map(|span| ChunkOutcome {
+                span,
+                result: ChunkResult::Completed(analyze(span, cuts)),
+            })
             .collect()
     }
 
@@ -217,7 +255,15 @@ mod tests {
         let duration = 73_500;
         let chunks = film(duration, &[]);
         let regions = plan::regions(&chunks.iter().map(|c| c.span).collect::<Vec<_>>());
-        let mut cuts = vec![50, 4125, 4125 + 75, regions[2].1 - 1, regions[4].1, 8250 - 1, 70_000];
+        let mut cuts = vec![
+            50,
+            4125,
+            4125 + 75,
+            regions[2].1 - 1,
+            regions[4].1,
+            8250 - 1,
+            70_000,
+        ];
         cuts.sort();
         let merged = merge(&film(duration, &cuts), duration, fps());
         let mut expected = vec![0];
@@ -261,14 +307,28 @@ mod tests {
         let merged = merge(&chunks, duration, fps());
         assert_eq!(merged.gaps.len(), 1);
         let gap = &merged.gaps[0];
-        assert_eq!((gap.start_frame, gap.end_frame), (regions[2].0, regions[3].1));
+        assert_eq!(
+            (gap.start_frame, gap.end_frame),
+            (regions[2].0, regions[3].1)
+        );
         assert_eq!(gap.chunks, vec![2, 3]);
         assert_eq!(gap.reasons, vec!["provider timed out", "force-finalized"]);
-        let before = merged.shots.iter().find(|s| s.end_frame == gap.start_frame).expect("a shot ends at the gap");
+        let before = merged
+            .shots
+            .iter()
+            .find(|s| s.end_frame == gap.start_frame)
+            .expect("a shot ends at the gap");
         assert_eq!(before.start_frame, 1000);
-        let after = merged.shots.iter().find(|s| s.start_frame == gap.end_frame).expect("a shot starts after it");
+        let after = merged
+            .shots
+            .iter()
+            .find(|s| s.start_frame == gap.end_frame)
+            .expect("a shot starts after it");
         assert_eq!(after.end_frame, 20_000);
-        assert!(merged.shots.iter().all(|s| s.end_frame <= gap.start_frame || s.start_frame >= gap.end_frame));
+        assert!(merged
+            .shots
+            .iter()
+            .all(|s| s.end_frame <= gap.start_frame || s.start_frame >= gap.end_frame));
     }
 
     #[test]
@@ -282,14 +342,26 @@ mod tests {
             start_frame: at,
         };
         let mut a = analyze(chunks[0].span, &[]);
-        a[0].dialogue = vec![line("Ann", Some(100)), line("Bob", Some(4300)), line("Cy", None)];
+        a[0].dialogue = vec![
+            line("Ann", Some(100)),
+            line("Bob", Some(4300)),
+            line("Cy", None),
+        ];
         let mut b = analyze(chunks[1].span, &[]);
-        b[0].dialogue = vec![line("Bob", Some(4300)), line("Cy", None), line("Di", Some(5000))];
+        b[0].dialogue = vec![
+            line("Bob", Some(4300)),
+            line("Cy", None),
+            line("Di", Some(5000)),
+        ];
         chunks[0].result = ChunkResult::Completed(a);
         chunks[1].result = ChunkResult::Completed(b);
         let merged = merge(&chunks, duration, fps());
         assert_eq!(merged.shots.len(), 1);
-        let speakers: Vec<&str> = merged.shots[0].dialogue.iter().map(|l| l.speaker.as_str()).collect();
+        let speakers: Vec<&str> = merged.shots[0]
+            .dialogue
+            .iter()
+            .map(|l| l.speaker.as_str())
+            .collect();
         assert_eq!(speakers, vec!["Ann", "Bob", "Cy", "Di"]);
     }
 }

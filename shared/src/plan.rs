@@ -28,7 +28,9 @@ pub enum PlanError {
     NotPositive { name: &'static str, value: f64 },
     #[error("overlap_seconds ({overlap}) must be smaller than chunk_seconds ({chunk})")]
     OverlapTooLarge { chunk: f64, overlap: f64 },
-    #[error("duration_seconds {duration} gives {chunks} chunks, more than the limit of {MAX_CHUNKS}")]
+    #[error(
+        "duration_seconds {duration} gives {chunks} chunks, more than the limit of {MAX_CHUNKS}"
+    )]
     TooManyChunks { duration: f64, chunks: f64 },
 }
 
@@ -41,7 +43,10 @@ pub struct PlanParams {
 
 impl Default for PlanParams {
     fn default() -> Self {
-        PlanParams { chunk_seconds: 180.0, overlap_seconds: 15.0 }
+        PlanParams {
+            chunk_seconds: 180.0,
+            overlap_seconds: 15.0,
+        }
     }
 }
 
@@ -51,7 +56,10 @@ impl PlanParams {
         positive("chunk_seconds", self.chunk_seconds)?;
         positive("overlap_seconds", self.overlap_seconds)?;
         if self.overlap_seconds >= self.chunk_seconds {
-            return Err(PlanError::OverlapTooLarge { chunk: self.chunk_seconds, overlap: self.overlap_seconds });
+            return Err(PlanError::OverlapTooLarge {
+                chunk: self.chunk_seconds,
+                overlap: self.overlap_seconds,
+            });
         }
         Ok(self)
     }
@@ -76,9 +84,13 @@ pub fn chunk_count(duration_seconds: f64, params: PlanParams) -> Result<u32, Pla
     if duration_seconds <= params.chunk_seconds {
         return Ok(1);
     }
-    let chunks = ((duration_seconds - params.overlap_seconds) / params.step() - COUNT_EPSILON).ceil();
+    let chunks =
+        ((duration_seconds - params.overlap_seconds) / params.step() - COUNT_EPSILON).ceil();
     if chunks > f64::from(MAX_CHUNKS) {
-        return Err(PlanError::TooManyChunks { duration: duration_seconds, chunks });
+        return Err(PlanError::TooManyChunks {
+            duration: duration_seconds,
+            chunks,
+        });
     }
     Ok(chunks as u32)
 }
@@ -103,7 +115,11 @@ pub fn plan(duration_seconds: f64, params: PlanParams) -> Result<Vec<ChunkSpan>,
             } else {
                 (start_seconds + params.chunk_seconds).min(duration_seconds)
             };
-            ChunkSpan { index: k, start_seconds, end_seconds }
+            ChunkSpan {
+                index: k,
+                start_seconds,
+                end_seconds,
+            }
         })
         .collect())
 }
@@ -121,8 +137,16 @@ impl ChunkSpan {
     /// chunk of a plan ends at `duration_frames` (`is_last`).
     pub fn frames(&self, fps: Fps, duration_frames: i64, is_last: bool) -> FrameSpan {
         let start_frame = fps.frame_at(self.start_seconds).min(duration_frames);
-        let end_frame = if is_last { duration_frames } else { fps.frame_at(self.end_seconds).min(duration_frames) };
-        FrameSpan { index: self.index, start_frame, end_frame }
+        let end_frame = if is_last {
+            duration_frames
+        } else {
+            fps.frame_at(self.end_seconds).min(duration_frames)
+        };
+        FrameSpan {
+            index: self.index,
+            start_frame,
+            end_frame,
+        }
     }
 }
 
@@ -133,23 +157,38 @@ pub fn duration_seconds(duration_frames: i64, fps: Fps) -> f64 {
 }
 
 /// The plan of a film in frames.
-pub fn plan_frames(duration_frames: i64, fps: Fps, params: PlanParams) -> Result<Vec<FrameSpan>, PlanError> {
+pub fn plan_frames(
+    duration_frames: i64,
+    fps: Fps,
+    params: PlanParams,
+) -> Result<Vec<FrameSpan>, PlanError> {
     let spans = plan(duration_seconds(duration_frames, fps), params)?;
     let last = spans.len() - 1;
-    Ok(spans.iter().enumerate().map(|(i, s)| s.frames(fps, duration_frames, i == last)).collect())
+    Ok(spans
+        .iter()
+        .enumerate()
+        .map(|(i, s)| s.frames(fps, duration_frames, i == last))
+        .collect())
 }
 
 /// The region each chunk owns: `[seam before, seam after)`, where a seam is
 /// the middle frame of two neighbours' overlap, the first region starts at
 /// frame 0 and the last ends at the last chunk's end.
 pub fn regions(chunks: &[FrameSpan]) -> Vec<(i64, i64)> {
-    let seams: Vec<i64> = chunks.windows(2).map(|w| (w[1].start_frame + w[0].end_frame) / 2).collect();
+    let seams: Vec<i64> = chunks
+        .windows(2)
+        .map(|w| (w[1].start_frame + w[0].end_frame) / 2)
+        .collect();
     chunks
         .iter()
         .enumerate()
         .map(|(i, c)| {
             let start = if i == 0 { c.start_frame } else { seams[i - 1] };
-            let end = if i + 1 == chunks.len() { c.end_frame } else { seams[i] };
+            let end = if i + 1 == chunks.len() {
+                c.end_frame
+            } else {
+                seams[i]
+            };
             (start, end)
         })
         .collect()
@@ -174,7 +213,14 @@ mod tests {
     #[test]
     fn chunks_overlap_by_the_overlap_and_the_last_ends_at_the_film_end() {
         let spans = plan(2940.0, PlanParams::default()).unwrap();
-        assert_eq!(spans[0], ChunkSpan { index: 0, start_seconds: 0.0, end_seconds: 180.0 });
+        assert_eq!(
+            spans[0],
+            ChunkSpan {
+                index: 0,
+                start_seconds: 0.0,
+                end_seconds: 180.0
+            }
+        );
         assert_eq!(spans[1].start_seconds, 165.0);
         assert_eq!(spans[17].start_seconds, 2805.0);
         assert_eq!(spans[17].end_seconds, 2940.0);
@@ -191,9 +237,30 @@ mod tests {
             (-1.0, p, "duration_seconds"),
             (f64::NAN, p, "duration_seconds"),
             (f64::INFINITY, p, "duration_seconds"),
-            (100.0, PlanParams { chunk_seconds: 0.0, ..p }, "chunk_seconds"),
-            (100.0, PlanParams { overlap_seconds: -3.0, ..p }, "overlap_seconds"),
-            (100.0, PlanParams { chunk_seconds: 15.0, overlap_seconds: 15.0 }, "overlap_seconds"),
+            (
+                100.0,
+                PlanParams {
+                    chunk_seconds: 0.0,
+                    ..p
+                },
+                "chunk_seconds",
+            ),
+            (
+                100.0,
+                PlanParams {
+                    overlap_seconds: -3.0,
+                    ..p
+                },
+                "overlap_seconds",
+            ),
+            (
+                100.0,
+                PlanParams {
+                    chunk_seconds: 15.0,
+                    overlap_seconds: 15.0,
+                },
+                "overlap_seconds",
+            ),
             (1e12, p, "duration_seconds"),
         ];
         for (d, params, name) in cases {

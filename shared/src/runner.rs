@@ -59,9 +59,20 @@ impl Default for RunOptions {
 /// What a run reports while it goes, for a progress display.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RunEvent {
-    Registered { video_id: Uuid, total_chunks: u32 },
-    ChunkDone { index: u32, completed: u32, failed: u32, total: u32 },
-    ChunkRetry { index: u32, error: String },
+    Registered {
+        video_id: Uuid,
+        total_chunks: u32,
+    },
+    ChunkDone {
+        index: u32,
+        completed: u32,
+        failed: u32,
+        total: u32,
+    },
+    ChunkRetry {
+        index: u32,
+        error: String,
+    },
     Finalized,
 }
 
@@ -84,20 +95,34 @@ pub async fn run_local(
     on_event: &(dyn Fn(RunEvent) + Send + Sync),
 ) -> Result<Sheet, RunError> {
     if !(1..=64).contains(&options.concurrency) {
-        return Err(RunError::Options(format!("concurrency must be 1 to 64, got {}", options.concurrency)));
+        return Err(RunError::Options(format!(
+            "concurrency must be 1 to 64, got {}",
+            options.concurrency
+        )));
     }
-    options.plan.validate().map_err(|e| RunError::Options(e.to_string()))?;
+    options
+        .plan
+        .validate()
+        .map_err(|e| RunError::Options(e.to_string()))?;
     let media = probe::probe(film).await?;
     let video_id = options.video_id.unwrap_or_else(Uuid::new_v4);
     let source = film.canonicalize().unwrap_or_else(|_| film.to_path_buf());
-    let total = db.register_film(video_id, &source.to_string_lossy(), &media, options.plan).await?;
+    let total = db
+        .register_film(video_id, &source.to_string_lossy(), &media, options.plan)
+        .await?;
     tracing::info!(%video_id, total_chunks = total, frames = media.duration_frames, fps = %media.fps, "film registered");
-    on_event(RunEvent::Registered { video_id, total_chunks: total });
+    on_event(RunEvent::Registered {
+        video_id,
+        total_chunks: total,
+    });
     if let Some(sheet) = db.get_sheet(video_id).await? {
         on_event(RunEvent::Finalized);
         return Ok(sheet);
     }
-    let analyzer = LocalAnalyzer { scene_threshold: options.scene_threshold, ..LocalAnalyzer::default() };
+    let analyzer = LocalAnalyzer {
+        scene_threshold: options.scene_threshold,
+        ..LocalAnalyzer::default()
+    };
     let queue = Arc::new(ChunkQueue::new(total));
     let workers = (0..options.concurrency.min(total as usize)).map(|_| {
         let (db, analyzer, queue) = (db.clone(), analyzer.clone(), queue.clone());
@@ -120,7 +145,10 @@ struct ChunkQueue {
 
 impl ChunkQueue {
     fn new(total: u32) -> ChunkQueue {
-        ChunkQueue { waiting: Mutex::new((0..total).collect()), open: AtomicUsize::new(total as usize) }
+        ChunkQueue {
+            waiting: Mutex::new((0..total).collect()),
+            open: AtomicUsize::new(total as usize),
+        }
     }
 
     fn pop(&self) -> Option<u32> {

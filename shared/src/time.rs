@@ -30,7 +30,11 @@ pub enum TimeError {
     #[error("invalid timecode {0:?}: expected HH:MM:SS:FF (or HH:MM:SS;FF for drop-frame)")]
     BadTimecode(String),
     #[error("timecode {timecode:?} does not exist at {fps} fps: {why}")]
-    NoSuchFrame { timecode: String, fps: Fps, why: &'static str },
+    NoSuchFrame {
+        timecode: String,
+        fps: Fps,
+        why: &'static str,
+    },
     #[error("negative frame index {0}")]
     NegativeFrame(i64),
 }
@@ -50,7 +54,10 @@ impl Fps {
             return Err(TimeError::BadFps(format!("{num}/{den}")));
         }
         let g = gcd(num, den);
-        Ok(Fps { num: num / g, den: den / g })
+        Ok(Fps {
+            num: num / g,
+            den: den / g,
+        })
     }
 
     pub fn num(self) -> u32 {
@@ -109,7 +116,10 @@ impl FromStr for Fps {
     fn from_str(s: &str) -> Result<Fps, TimeError> {
         let bad = || TimeError::BadFps(s.to_string());
         let (num, den) = match s.trim().split_once('/') {
-            Some((n, d)) => (n.trim().parse().map_err(|_| bad())?, d.trim().parse().map_err(|_| bad())?),
+            Some((n, d)) => (
+                n.trim().parse().map_err(|_| bad())?,
+                d.trim().parse().map_err(|_| bad())?,
+            ),
             None => (s.trim().parse().map_err(|_| bad())?, 1),
         };
         Fps::new(num, den).map_err(|_| bad())
@@ -146,7 +156,11 @@ pub fn drop_frame_timecode(frame: i64, fps: Fps) -> Option<String> {
     let per_ten_minutes = nominal * 600 - drop * 9;
     let tens = frame / per_ten_minutes;
     let rest = frame % per_ten_minutes;
-    let skipped = if rest < drop { 0 } else { (rest - drop) / per_minute };
+    let skipped = if rest < drop {
+        0
+    } else {
+        (rest - drop) / per_minute
+    };
     let label_count = frame + drop * 9 * tens + drop * skipped;
     Some(fields_to_string(label_count, nominal, ';'))
 }
@@ -167,11 +181,17 @@ fn fields_to_string(count: i64, nominal: i64, last_separator: char) -> String {
 pub fn parse_timecode(label: &str, fps: Fps) -> Result<i64, TimeError> {
     let bad = || TimeError::BadTimecode(label.to_string());
     let (head, ff, drop_frame) = match label.rfind([':', ';', '.', ',']) {
-        Some(i) => (&label[..i], &label[i + 1..], label[i..].starts_with([';', '.', ','])),
+        Some(i) => (
+            &label[..i],
+            &label[i + 1..],
+            label[i..].starts_with([';', '.', ',']),
+        ),
         None => return Err(bad()),
     };
     let mut parts = head.split(':');
-    let (Some(hh), Some(mm), Some(ss), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(hh), Some(mm), Some(ss), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err(bad());
     };
     let field = |s: &str| -> Result<i64, TimeError> {
@@ -182,7 +202,11 @@ pub fn parse_timecode(label: &str, fps: Fps) -> Result<i64, TimeError> {
     };
     let (hh, mm, ss, ff) = (field(hh)?, field(mm)?, field(ss)?, field(ff)?);
     let nominal = i64::from(fps.nominal());
-    let no_such = |why| TimeError::NoSuchFrame { timecode: label.to_string(), fps, why };
+    let no_such = |why| TimeError::NoSuchFrame {
+        timecode: label.to_string(),
+        fps,
+        why,
+    };
     if mm >= 60 || ss >= 60 {
         return Err(no_such("minutes and seconds run from 00 to 59"));
     }
@@ -193,7 +217,10 @@ pub fn parse_timecode(label: &str, fps: Fps) -> Result<i64, TimeError> {
     if !drop_frame {
         return Ok(count);
     }
-    let drop = i64::from(fps.drop_frames_per_minute().ok_or_else(|| no_such("drop-frame needs 29.97 or 59.94"))?);
+    let drop = i64::from(
+        fps.drop_frames_per_minute()
+            .ok_or_else(|| no_such("drop-frame needs 29.97 or 59.94"))?,
+    );
     if ss == 0 && ff < drop && mm % 10 != 0 {
         return Err(no_such("drop-frame skips this label"));
     }
@@ -220,7 +247,9 @@ mod tests {
 
     #[test]
     fn broken_rates_are_refused() {
-        for s in ["0/1", "25/0", "", "abc", "1/0", "90000/1", "-25/1", "25/1/2"] {
+        for s in [
+            "0/1", "25/0", "", "abc", "1/0", "90000/1", "-25/1", "25/1/2",
+        ] {
             assert!(s.parse::<Fps>().is_err(), "{s} accepted");
         }
     }
@@ -247,10 +276,21 @@ mod tests {
 
     #[test]
     fn every_label_parses_back_to_its_frame() {
-        for rate in ["25/1", "24000/1001", "24/1", "30000/1001", "60000/1001", "50/1"] {
+        for rate in [
+            "25/1",
+            "24000/1001",
+            "24/1",
+            "30000/1001",
+            "60000/1001",
+            "50/1",
+        ] {
             let f = fps(rate);
             for frame in (0..200_000).step_by(7).chain([1_000_000, 9_999_999]) {
-                assert_eq!(parse_timecode(&timecode(frame, f), f).unwrap(), frame, "{rate} {frame}");
+                assert_eq!(
+                    parse_timecode(&timecode(frame, f), f).unwrap(),
+                    frame,
+                    "{rate} {frame}"
+                );
                 if let Some(df) = drop_frame_timecode(frame, f) {
                     assert_eq!(parse_timecode(&df, f).unwrap(), frame, "{rate} {df}");
                 }
@@ -261,11 +301,22 @@ mod tests {
     #[test]
     fn malformed_labels_name_the_problem() {
         let f = fps("25/1");
-        for s in ["", "00:00:00", "00:00:00:25", "00:60:00:00", "aa:00:00:00", "00:00:00:0x", "1:2:3:4:5"] {
+        for s in [
+            "",
+            "00:00:00",
+            "00:00:00:25",
+            "00:60:00:00",
+            "aa:00:00:00",
+            "00:00:00:0x",
+            "1:2:3:4:5",
+        ] {
             assert!(parse_timecode(s, f).is_err(), "{s} accepted");
         }
         let err = parse_timecode("00:00:00:25", f).unwrap_err().to_string();
-        assert!(err.contains("00:00:00:25") && err.contains("frame field"), "{err}");
+        assert!(
+            err.contains("00:00:00:25") && err.contains("frame field"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -31,7 +31,11 @@ pub struct WorkerConfig {
 
 impl Default for WorkerConfig {
     fn default() -> Self {
-        WorkerConfig { lease: Duration::from_secs(360), chunk_timeout: Duration::from_secs(300), max_attempts: 3 }
+        WorkerConfig {
+            lease: Duration::from_secs(360),
+            chunk_timeout: Duration::from_secs(300),
+            max_attempts: 3,
+        }
     }
 }
 
@@ -130,15 +134,27 @@ async fn analyze(
     let request = request_for(video_id, claimed)?;
     match tokio::time::timeout(timeout, analyzer.analyze(&request)).await {
         Ok(result) => result,
-        Err(_) => Err(AnalyzeError::TimedOut { chunk_index: claimed.chunk_index, seconds: timeout.as_secs_f64() }),
+        Err(_) => Err(AnalyzeError::TimedOut {
+            chunk_index: claimed.chunk_index,
+            seconds: timeout.as_secs_f64(),
+        }),
     }
 }
 
 fn request_for(video_id: Uuid, claimed: &ClaimedChunk) -> Result<ChunkRequest, AnalyzeError> {
-    let bad = |detail: String| AnalyzeError::BadRequest { chunk_index: claimed.chunk_index, detail };
-    let media: MediaInfo = serde_json::from_value(claimed.media.clone())
-        .map_err(|e| bad(format!("the film's stored media description is unreadable: {e}")))?;
-    let source = claimed.source.clone().ok_or_else(|| bad("the film has no source".into()))?;
+    let bad = |detail: String| AnalyzeError::BadRequest {
+        chunk_index: claimed.chunk_index,
+        detail,
+    };
+    let media: MediaInfo = serde_json::from_value(claimed.media.clone()).map_err(|e| {
+        bad(format!(
+            "the film's stored media description is unreadable: {e}"
+        ))
+    })?;
+    let source = claimed
+        .source
+        .clone()
+        .ok_or_else(|| bad("the film has no source".into()))?;
     Ok(ChunkRequest {
         video_id,
         chunk_index: claimed.chunk_index,
