@@ -160,3 +160,29 @@ async fn the_cut_list_exercises_every_seam_case() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_film_that_cannot_be_probed_registers_nothing() {
+    let (db, url) = fresh_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("notes.mp4");
+    std::fs::write(&text, "this is not a film\n").unwrap();
+    let empty = dir.path().join("empty.mp4");
+    std::fs::write(&empty, b"").unwrap();
+    let missing = dir.path().join("missing.mp4");
+    for film in [&text, &empty, &missing] {
+        let ignore = |_: RunEvent| {};
+        let err = run_local(&db, film, &RunOptions::default(), &ignore)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&film.display().to_string()), "{err}");
+    }
+    let client = shotlist_tests::pg::connect(&url).await;
+    let videos: i64 = client
+        .query_one("SELECT count(*) FROM shotlist.videos", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(videos, 0);
+}
