@@ -79,6 +79,11 @@ CREATE TABLE IF NOT EXISTS shotlist.chunks (
     -- A claim's proof: only the holder of the current token may commit.
     lease_token uuid,
     lease_until timestamptz,
+    -- The attempt that made the chunk terminal, and whether that finished
+    -- the film: the same attempt repeating its call (its answer was lost on
+    -- the way) gets the same answer again.
+    committed_token uuid,
+    finished_film boolean NOT NULL DEFAULT false,
     error text,
     updated_at timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT chunks_pkey PRIMARY KEY (video_id, chunk_index),
@@ -174,7 +179,7 @@ AS $$
         || ':' || lpad((f % n)::text, greatest(2, length((f % n)::text)), '0')
     END
     FROM (SELECT greatest(p_frame, 0) AS f,
-                 (p_fps_num + p_fps_den / 2) / p_fps_den AS n) AS r,
+                 greatest((p_fps_num + p_fps_den / 2) / p_fps_den, 1) AS n) AS r,
          LATERAL (SELECT r.f / r.n AS s) AS t
 $$;
 
@@ -337,8 +342,9 @@ AS $$
 DECLARE
     v_video shotlist.videos;
 BEGIN
-    IF p_fps_num IS NULL OR p_fps_den IS NULL OR p_fps_num <= 0 OR p_fps_den <= 0 THEN
-        RAISE EXCEPTION 'p_fps_num and p_fps_den must be positive, got %/%', p_fps_num, p_fps_den
+    IF p_fps_num IS NULL OR p_fps_den IS NULL OR p_fps_den <= 0 OR p_fps_num < p_fps_den
+       OR p_fps_num > 1000 * p_fps_den THEN
+        RAISE EXCEPTION 'p_fps_num/p_fps_den must be 1 to 1000 frames per second, got %/%', p_fps_num, p_fps_den
             USING ERRCODE = '22023';
     END IF;
     IF p_duration_frames IS NULL OR p_duration_frames <= 0 THEN
@@ -347,6 +353,13 @@ BEGIN
     IF p_media IS NULL OR jsonb_typeof(p_media) <> 'object' THEN
         RAISE EXCEPTION 'p_media must be a JSON object' USING ERRCODE = '22023';
     END IF;
+    -- Locks in the order every writer uses, chunks before the film, so that
+    -- no chunk update can deadlock with this.
+    PERFORM 1
+    FROM shotlist.chunks
+    WHERE video_id = p_video_id
+    ORDER BY chunk_index
+    FOR UPDATE;
     SELECT * INTO v_video FROM shotlist.videos WHERE video_id = p_video_id FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'unknown video %', p_video_id USING ERRCODE = 'P0002';
@@ -405,6 +418,11 @@ BEGIN
     IF v_chunk.status IN ('completed', 'failed') OR v_chunk.status = p_status
        OR p_status = 'pending' THEN
         RETURN shotlist.progress_json(shotlist.video_row(p_video_id), false);
+    END IF;
+    IF p_status = 'completed' AND v_chunk.lease_token IS NOT NULL THEN
+        RAISE EXCEPTION 'chunk % of video % is held by a worker until %: it completes with its shots through complete_chunk',
+            p_chunk_index, p_video_id, v_chunk.lease_until
+            USING ERRCODE = '55000';
     END IF;
     UPDATE shotlist.chunks
     SET status = p_status,
@@ -560,14 +578,21 @@ AS $$
 DECLARE
     v_chunk shotlist.chunks;
     v_bad record;
+    v_progress jsonb;
 BEGIN
     IF p_shots IS NULL OR jsonb_typeof(p_shots) <> 'array' THEN
         RAISE EXCEPTION 'p_shots must be a JSON array' USING ERRCODE = '22023';
     END IF;
     v_chunk := shotlist.lock_chunk(p_video_id, p_chunk_index);
-    IF v_chunk.status = 'completed' THEN
+    IF v_chunk.status IN ('completed', 'failed') THEN
+        -- The same attempt asking again (its answer was lost) gets the same
+        -- answer, "finished" included; anyone else learns it is too late.
+        IF v_chunk.status = 'completed' AND v_chunk.committed_token = p_lease_token THEN
+            RETURN shotlist.progress_json(shotlist.video_row(p_video_id), v_chunk.finished_film)
+                || jsonb_build_object('outcome', 'completed');
+        END IF;
         RETURN shotlist.progress_json(shotlist.video_row(p_video_id), false)
-            || jsonb_build_object('outcome', 'already_completed');
+            || jsonb_build_object('outcome', 'already_' || v_chunk.status);
     END IF;
     IF v_chunk.status <> 'processing' OR v_chunk.lease_token IS DISTINCT FROM p_lease_token THEN
         RETURN shotlist.progress_json(shotlist.video_row(p_video_id), false)
@@ -596,15 +621,18 @@ BEGIN
            coalesce(s.value ->> 'description', ''),
            coalesce(s.value -> 'dialogue', '[]'::jsonb)
     FROM jsonb_array_elements(p_shots) WITH ORDINALITY AS s;
+    v_progress := shotlist.count_terminal(p_video_id, 'completed');
     UPDATE shotlist.chunks
     SET status = 'completed',
         error = NULL,
         lease_token = NULL,
         lease_until = NULL,
+        committed_token = p_lease_token,
+        finished_film = (v_progress ->> 'finished')::boolean,
         updated_at = now()
     WHERE video_id = p_video_id
       AND chunk_index = p_chunk_index;
-    RETURN shotlist.count_terminal(p_video_id, 'completed') || jsonb_build_object('outcome', 'completed');
+    RETURN v_progress || jsonb_build_object('outcome', 'completed');
 END
 $$;
 
@@ -626,9 +654,14 @@ AS $$
 DECLARE
     v_chunk shotlist.chunks;
     v_error text := left(coalesce(p_error, 'unknown error'), 2000);
+    v_progress jsonb;
 BEGIN
     v_chunk := shotlist.lock_chunk(p_video_id, p_chunk_index);
     IF v_chunk.status IN ('completed', 'failed') THEN
+        IF v_chunk.status = 'failed' AND v_chunk.committed_token = p_lease_token THEN
+            RETURN shotlist.progress_json(shotlist.video_row(p_video_id), v_chunk.finished_film)
+                || jsonb_build_object('outcome', 'failed', 'attempts', v_chunk.attempts);
+        END IF;
         RETURN shotlist.progress_json(shotlist.video_row(p_video_id), false)
             || jsonb_build_object('outcome', 'already_' || v_chunk.status);
     END IF;
@@ -648,16 +681,18 @@ BEGIN
         RETURN shotlist.progress_json(shotlist.video_row(p_video_id), false)
             || jsonb_build_object('outcome', 'retry', 'attempts', v_chunk.attempts);
     END IF;
+    v_progress := shotlist.count_terminal(p_video_id, 'failed');
     UPDATE shotlist.chunks
     SET status = 'failed',
         error = v_error,
         lease_token = NULL,
         lease_until = NULL,
+        committed_token = p_lease_token,
+        finished_film = (v_progress ->> 'finished')::boolean,
         updated_at = now()
     WHERE video_id = p_video_id
       AND chunk_index = p_chunk_index;
-    RETURN shotlist.count_terminal(p_video_id, 'failed')
-        || jsonb_build_object('outcome', 'failed', 'attempts', v_chunk.attempts);
+    RETURN v_progress || jsonb_build_object('outcome', 'failed', 'attempts', v_chunk.attempts);
 END
 $$;
 

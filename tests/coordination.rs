@@ -832,7 +832,7 @@ async fn an_expired_lease_is_taken_over_and_the_first_worker_can_no_longer_commi
 }
 
 #[tokio::test]
-async fn completing_a_chunk_twice_is_already_completed_and_keeps_the_first_shots() {
+async fn completing_a_chunk_twice_answers_the_same_and_keeps_the_first_shots() {
     let (db, _url) = fresh_db().await;
     let id = film(&db, FILM_FRAMES, "25/1").await;
     let chunk = claimed(&db, id, 0).await;
@@ -844,11 +844,13 @@ async fn completing_a_chunk_twice_is_already_completed_and_keeps_the_first_shots
             .outcome,
         Outcome::Completed
     );
+    // The same attempt repeating its call (its answer was lost) gets the
+    // same answer and writes nothing; anyone else is told it is done.
     let again = db
         .complete_chunk(id, 0, chunk.lease_token, &[shot(0, 4500)])
         .await
         .unwrap();
-    assert_eq!(again.outcome, Outcome::AlreadyCompleted);
+    assert_eq!(again.outcome, Outcome::Completed);
     assert_eq!(
         (again.progress.completed_chunks, again.progress.finished),
         (1, false)
@@ -966,8 +968,13 @@ async fn a_permanent_failure_fails_the_chunk_for_good_and_counts_it() {
         .unwrap();
     assert_eq!(
         (duplicate.outcome, duplicate.progress.failed_chunks),
-        (Outcome::AlreadyFailed, 1)
+        (Outcome::Failed, 1)
     );
+    let stranger = db
+        .fail_chunk(id, 6, Uuid::new_v4(), "late", false, 3)
+        .await
+        .unwrap();
+    assert_eq!(stranger.outcome, Outcome::AlreadyFailed);
 }
 
 #[tokio::test]

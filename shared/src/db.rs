@@ -48,7 +48,7 @@ pub enum DbError {
     NotFound(String),
     #[error("{0}")]
     NotReady(String),
-    #[error("database error while {what}: {source}")]
+    #[error("database error while {what}: {}", cause_chain(source))]
     Query {
         what: String,
         #[source]
@@ -231,7 +231,7 @@ impl Db {
     /// URL or `key=value` string) and checks that the server answers.
     pub async fn connect(url: &str, max_connections: usize) -> Result<Db, DbError> {
         let config =
-            tokio_postgres::Config::from_str(url).map_err(|e| DbError::BadUrl(e.to_string()))?;
+            tokio_postgres::Config::from_str(url).map_err(|e| DbError::BadUrl(cause_chain(&e)))?;
         let target = describe_target(&config);
         let mut config = config;
         if config.get_connect_timeout().is_none() {
@@ -703,8 +703,14 @@ fn describe_target(config: &tokio_postgres::Config) -> String {
 /// A connection error's cause, which names the failure (refused, timed out,
 /// authentication failed) but not the credentials.
 fn connect_detail(error: &tokio_postgres::Error) -> String {
+    cause_chain(error)
+}
+
+/// An error and its causes on one line. tokio-postgres says only "db error"
+/// for an error the server sent; the server's message is what tells.
+fn cause_chain(error: &tokio_postgres::Error) -> String {
     if let Some(db) = error.as_db_error() {
-        return db.message().to_string();
+        return format!("{} (SQLSTATE {})", db.message(), db.code().code());
     }
     let mut detail = error.to_string();
     let mut cause = std::error::Error::source(error);

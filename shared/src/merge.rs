@@ -63,7 +63,8 @@ pub fn merge(chunks: &[ChunkOutcome], duration_frames: i64, fps: Fps) -> Merged 
         match &chunk.result {
             ChunkResult::Completed(shots) => {
                 let after_gap = gaps.last().is_some_and(|g| g.end_frame == region_start);
-                let pieces = pieces_in_region(shots, region_start, region_end);
+                let pieces =
+                    pieces_in_region(shots, chunk.span.start_frame, region_start, region_end);
                 add_pieces(&mut drafts, pieces, chunk.span.index, after_gap);
             }
             ChunkResult::Failed(reason) => {
@@ -86,13 +87,18 @@ pub fn merge(chunks: &[ChunkOutcome], duration_frames: i64, fps: Fps) -> Merged 
 }
 
 /// The parts of `shots` inside `[start, end)`, clipped to it, with a flag
-/// telling whether each begins at a cut (a shot start inside the region).
-fn pieces_in_region(shots: &[Shot], start: i64, end: i64) -> Vec<(bool, Shot)> {
+/// telling whether each begins at a cut: a shot start inside the region, or
+/// just before it (the neighbour may place the same cut a frame later, on
+/// its own side of the seam). A chunk's first shot begins where the chunk
+/// does, which is not a cut unless it is the film's start.
+fn pieces_in_region(shots: &[Shot], chunk_start: i64, start: i64, end: i64) -> Vec<(bool, Shot)> {
     let mut pieces: Vec<(bool, Shot)> = shots
         .iter()
         .filter(|s| s.start_frame < end && s.end_frame > start)
         .map(|s| {
-            let is_cut = s.start_frame >= start;
+            let near_seam =
+                s.start_frame >= start - SEAM_TOLERANCE_FRAMES && s.start_frame > chunk_start;
+            let is_cut = s.start_frame >= start || near_seam;
             let mut piece = s.clone();
             piece.start_frame = s.start_frame.max(start);
             piece.end_frame = s.end_frame.min(end);

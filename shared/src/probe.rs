@@ -158,10 +158,18 @@ pub async fn probe_with(path: &Path, options: &ProbeOptions) -> Result<MediaInfo
         .first_video()
         .ok_or_else(|| ProbeError::NoVideo { path: path.into() })?;
     let fps = frame_rate(path, video)?;
-    let duration_frames = match video.frame_count() {
-        Some(n) if n > 0 => n,
-        _ => count_packets(path, options, video.index).await?,
-    };
+    // The header's frame count is only a promise: a cut-off file whose
+    // index comes first (`+faststart`) still carries the full count. The
+    // packets actually present decide.
+    let duration_frames = count_packets(path, options, video.index).await?;
+    if let Some(promised) = video.frame_count().filter(|&n| n > duration_frames) {
+        return Err(ProbeError::Truncated {
+            path: path.into(),
+            detail: format!(
+                "its header promises {promised} frames but only {duration_frames} are in the file"
+            ),
+        });
+    }
     if duration_frames <= 0 {
         return Err(ProbeError::NoFrames { path: path.into() });
     }

@@ -110,7 +110,8 @@ pub async fn run_local(
     let total = db
         .register_film(video_id, &source.to_string_lossy(), &media, options.plan)
         .await?;
-    tracing::info!(%video_id, total_chunks = total, frames = media.duration_frames, fps = %media.fps, "film registered");
+    let frames = media.duration_frames;
+    tracing::info!(%video_id, total_chunks = total, frames, fps = %media.fps, "film registered");
     on_event(RunEvent::Registered {
         video_id,
         total_chunks: total,
@@ -129,9 +130,9 @@ pub async fn run_local(
         let config = options.worker;
         async move { work(&db, &analyzer, video_id, &queue, &config, on_event).await }
     });
-    for result in futures::future::join_all(workers).await {
-        result?;
-    }
+    // The first worker to fail ends the run: the others are dropped with it,
+    // and the chunks they held come back when their leases run out.
+    futures::future::try_join_all(workers).await?;
     let sheet = db.finalize(video_id).await?;
     on_event(RunEvent::Finalized);
     Ok(sheet)
@@ -192,7 +193,8 @@ async fn work(
             }
             Err(e) if e.is_retryable() && db_failures < MAX_DB_FAILURES => {
                 db_failures += 1;
-                tracing::warn!(%video_id, chunk_index = index, error = %e, "database unavailable; will retry");
+                let chunk_index = index;
+                tracing::warn!(%video_id, chunk_index, error = %e, "database unavailable; will retry");
                 queue.push(index);
                 tokio::time::sleep(RETRY_PAUSE * db_failures).await;
                 continue;

@@ -25,7 +25,10 @@ const MAX_FPS: u64 = 1000;
 /// What was wrong with a frame rate or a timecode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TimeError {
-    #[error("invalid frame rate {0:?}: expected a positive fraction such as 25/1 or 24000/1001")]
+    #[error(
+        "invalid frame rate {0:?}: expected 1 to 1000 frames per second, \
+         as a fraction such as 25/1 or 24000/1001"
+    )]
     BadFps(String),
     #[error("invalid timecode {0:?}: expected HH:MM:SS:FF (or HH:MM:SS;FF for drop-frame)")]
     BadTimecode(String),
@@ -47,10 +50,10 @@ pub struct Fps {
 }
 
 impl Fps {
-    /// Builds a rate from a fraction; errors unless both parts are positive
-    /// and the rate is at most 1000 frames per second.
+    /// Builds a rate from a fraction; errors unless the rate is between 1 and
+    /// 1000 frames per second (a timecode needs at least one frame a second).
     pub fn new(num: u32, den: u32) -> Result<Fps, TimeError> {
-        if num == 0 || den == 0 || u64::from(num) > MAX_FPS * u64::from(den) {
+        if num < den || den == 0 || u64::from(num) > MAX_FPS * u64::from(den) {
             return Err(TimeError::BadFps(format!("{num}/{den}")));
         }
         let g = gcd(num, den);

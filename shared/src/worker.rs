@@ -79,50 +79,109 @@ pub async fn process_chunk(
     config: &WorkerConfig,
 ) -> Result<Done, DbError> {
     let span = tracing::info_span!("chunk", %video_id, chunk_index, analyzer = analyzer.name());
-    async move {
-        let claimed = match db.claim_chunk(video_id, chunk_index, config.lease, config.max_attempts).await? {
+    let job = Job {
+        db,
+        video_id,
+        chunk_index,
+        config,
+    };
+    job.run(analyzer).instrument(span).await
+}
+
+/// One chunk being processed.
+struct Job<'a> {
+    db: &'a Db,
+    video_id: Uuid,
+    chunk_index: u32,
+    config: &'a WorkerConfig,
+}
+
+impl Job<'_> {
+    async fn run(&self, analyzer: &dyn Analyzer) -> Result<Done, DbError> {
+        let (lease, attempts) = (self.config.lease, self.config.max_attempts);
+        let claimed = match self
+            .db
+            .claim_chunk(self.video_id, self.chunk_index, lease, attempts)
+            .await?
+        {
             Claim::Claimed(c) => c,
             Claim::Busy => return Ok(Done::Busy),
-            Claim::Terminal { progress: Some(progress), .. } => {
+            Claim::Terminal {
+                progress: Some(progress),
+                ..
+            } => {
                 let error = "attempts used up".to_string();
                 return Ok(Done::Failed { error, progress });
             }
-            Claim::Terminal { status, progress: None } => return Ok(Done::AlreadyTerminal { status }),
+            Claim::Terminal {
+                status,
+                progress: None,
+            } => return Ok(Done::AlreadyTerminal { status }),
         };
         tracing::debug!(attempt = claimed.attempt, "claimed");
-        let analysis = analyze(analyzer, video_id, &claimed, config.chunk_timeout).await;
-        let report = match analysis {
-            Ok(analysis) => {
-                let shots = absolute_shots(analysis, claimed.start_frame, claimed.end_frame);
-                db.complete_chunk(video_id, chunk_index, claimed.lease_token, &shots).await?
-            }
-            Err(e) => {
-                tracing::warn!(attempt = claimed.attempt, retryable = e.is_retryable(), error = %e, "analysis failed");
-                let error = e.to_string();
-                let report = db
-                    .fail_chunk(video_id, chunk_index, claimed.lease_token, &error, e.is_retryable(), config.max_attempts)
-                    .await?;
-                if report.outcome == Outcome::Retry {
-                    return Ok(Done::Retry { error });
-                }
-                if report.outcome == Outcome::Failed {
-                    return Ok(Done::Failed { error, progress: report.progress });
-                }
-                report
-            }
-        };
+        match analyze(analyzer, self.video_id, &claimed, self.config.chunk_timeout).await {
+            Ok(analysis) => self.commit(&claimed, analysis).await,
+            Err(e) => self.fail(&claimed, &e).await,
+        }
+    }
+
+    async fn commit(
+        &self,
+        claimed: &ClaimedChunk,
+        analysis: ChunkAnalysis,
+    ) -> Result<Done, DbError> {
+        let shots = absolute_shots(analysis, claimed.start_frame, claimed.end_frame);
+        let report = self
+            .db
+            .complete_chunk(self.video_id, self.chunk_index, claimed.lease_token, &shots)
+            .await?;
+        let progress = report.progress;
         Ok(match report.outcome {
             Outcome::Completed => {
-                tracing::info!(completed = report.progress.completed_chunks, total = report.progress.total_chunks, "chunk completed");
-                Done::Completed(report.progress)
+                let (completed, total) = (progress.completed_chunks, progress.total_chunks);
+                tracing::info!(completed, total, shots = shots.len(), "chunk completed");
+                Done::Completed(progress)
             }
-            Outcome::AlreadyCompleted => Done::AlreadyTerminal { status: "completed".into() },
-            Outcome::AlreadyFailed => Done::AlreadyTerminal { status: "failed".into() },
+            Outcome::AlreadyCompleted => Done::AlreadyTerminal {
+                status: "completed".into(),
+            },
+            Outcome::AlreadyFailed => Done::AlreadyTerminal {
+                status: "failed".into(),
+            },
             Outcome::LeaseLost | Outcome::Retry | Outcome::Failed => Done::LeaseLost,
         })
     }
-    .instrument(span)
-    .await
+
+    async fn fail(&self, claimed: &ClaimedChunk, e: &AnalyzeError) -> Result<Done, DbError> {
+        let (retryable, error) = (e.is_retryable(), e.to_string());
+        tracing::warn!(attempt = claimed.attempt, retryable, error = %e, "analysis failed");
+        let (token, attempts) = (claimed.lease_token, self.config.max_attempts);
+        let report = self
+            .db
+            .fail_chunk(
+                self.video_id,
+                self.chunk_index,
+                token,
+                &error,
+                retryable,
+                attempts,
+            )
+            .await?;
+        Ok(match report.outcome {
+            Outcome::Retry => Done::Retry { error },
+            Outcome::Failed => Done::Failed {
+                error,
+                progress: report.progress,
+            },
+            Outcome::AlreadyCompleted => Done::AlreadyTerminal {
+                status: "completed".into(),
+            },
+            Outcome::AlreadyFailed => Done::AlreadyTerminal {
+                status: "failed".into(),
+            },
+            Outcome::LeaseLost | Outcome::Completed => Done::LeaseLost,
+        })
+    }
 }
 
 async fn analyze(

@@ -49,6 +49,9 @@ const PREROLL_SECONDS: [Option<f64>; 3] = [Some(1.0), Some(10.0), None];
 /// How much of a frame before the chunk's end the reading stops; less than
 /// half a frame, so the last frame is read whatever ffmpeg counts `-t` from.
 const END_MARGIN_FRAMES: f64 = 0.25;
+/// Frames at the film's very end a decoder may not return (a last B-frame
+/// without its reference) before a chunk counts as not fully decoded.
+const END_SHORTFALL_FRAMES: i64 = 3;
 /// Sound shorter than this in a shot is reported as silence.
 const MIN_SOUND_SECONDS: f64 = 0.05;
 /// How many trailing lines of ffmpeg's diagnostics an error quotes.
@@ -353,8 +356,9 @@ fn no_frames(request: &ChunkRequest) -> AnalyzeError {
     }
 }
 
-/// Checks that the decoded frames cover the chunk. Shortfalls at the film's
-/// ends are tolerated: some files start or end in frames no decoder returns.
+/// Checks that the decoded frames cover the chunk. A few frames short at the
+/// film's ends are tolerated: some files start or end in frames no decoder
+/// returns.
 fn check_coverage(request: &ChunkRequest, measured: &Measurement) -> Result<(), AnalyzeError> {
     let (Some(first), Some(last)) = (measured.first_frame(), measured.last_frame()) else {
         return Err(no_frames(request));
@@ -370,7 +374,9 @@ fn check_coverage(request: &ChunkRequest, measured: &Measurement) -> Result<(), 
     if last >= request.end_frame - 1 {
         return Ok(());
     }
-    if request.end_frame == request.media.duration_frames {
+    if request.end_frame == request.media.duration_frames
+        && request.end_frame - 1 - last <= END_SHORTFALL_FRAMES
+    {
         tracing::warn!(
             chunk_index,
             last,
