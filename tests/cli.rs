@@ -66,9 +66,7 @@ fn run(command: &mut Command) -> (Output, String, String) {
 
 /// The real footage from the shared media folder beside the checkout.
 fn city_film() -> PathBuf {
-    let film = workspace().join("../shared/media/cityCC0.mpg");
-    assert!(film.is_file(), "{} is missing", film.display());
-    film
+    shotlist_tests::film::city_footage()
 }
 
 /// Asserts a failed run: non-zero exit, nothing on stdout, and exactly one
@@ -210,6 +208,20 @@ fn zero_concurrency_is_refused_naming_the_flag() {
             .args(["--concurrency", "0"]),
         "--concurrency must be between 1 and 64, got 0",
     );
+}
+
+#[test]
+fn an_output_folder_that_cannot_be_made_fails_before_any_work() {
+    let started = std::time::Instant::now();
+    let stderr = assert_one_line_error(
+        shotlist()
+            .arg("process")
+            .arg(city_film())
+            .args(["--out", "/proc/shotlist-cannot-write-here"]),
+        "could not create the output folder /proc/shotlist-cannot-write-here",
+    );
+    assert!(!stderr.contains("PostgreSQL"), "{stderr}");
+    eprintln!("failed after {:?}", started.elapsed());
 }
 
 #[test]

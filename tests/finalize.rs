@@ -12,12 +12,13 @@ use std::sync::Arc;
 
 use shotlist_shared::analyzer::{AnalyzeError, Analyzer, ChunkRequest};
 use shotlist_shared::db::{Claim, Db, DbError, Outcome};
-use shotlist_shared::model::{ChunkAnalysis, Shot, ShotType};
+use shotlist_shared::model::ChunkAnalysis;
 use shotlist_shared::plan::{self, FrameSpan, PlanParams};
 use shotlist_shared::probe::MediaInfo;
 use shotlist_shared::sheet::{Sheet, SheetStatus};
 use shotlist_shared::time::{self, Fps};
 use shotlist_shared::worker::{process_chunk, Done, WorkerConfig};
+use shotlist_tests::exact::exact_shots;
 use shotlist_tests::pg::{connect, fresh_db};
 use tokio_postgres::types::Type;
 use uuid::Uuid;
@@ -95,29 +96,6 @@ fn cut_list() -> Vec<i64> {
     cuts.sort_unstable();
     cuts.dedup();
     cuts
-}
-
-/// What an exact analyzer reports for `span`, in absolute frames: one shot
-/// from the chunk's start to the first cut inside it, one per cut, the last
-/// to the chunk's end.
-fn exact_shots(span: FrameSpan, cuts: &[i64]) -> Vec<Shot> {
-    let mut bounds = vec![span.start_frame];
-    bounds.extend(
-        cuts.iter()
-            .copied()
-            .filter(|&c| c > span.start_frame && c < span.end_frame),
-    );
-    bounds.push(span.end_frame);
-    bounds
-        .windows(2)
-        .map(|w| Shot {
-            start_frame: w[0],
-            end_frame: w[1],
-            shot_type: ShotType::Medium,
-            description: format!("from {}", w[0]),
-            dialogue: vec![],
-        })
-        .collect()
 }
 
 async fn register(db: &Db) -> Uuid {

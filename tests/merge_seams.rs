@@ -2,32 +2,12 @@
 //! and frame rates the timecode rule refuses.
 
 use shotlist_shared::merge::{merge, ChunkOutcome, ChunkResult};
-use shotlist_shared::model::{Shot, ShotType};
-use shotlist_shared::plan::{plan_frames, regions, FrameSpan, PlanParams};
+use shotlist_shared::plan::{plan_frames, regions, PlanParams};
 use shotlist_shared::time::{self, Fps};
+use shotlist_tests::exact::exact_shots;
 
 fn fps() -> Fps {
     Fps::new(25, 1).unwrap()
-}
-
-fn analyze(span: FrameSpan, cuts: &[i64]) -> Vec<Shot> {
-    let mut bounds = vec![span.start_frame];
-    bounds.extend(
-        cuts.iter()
-            .copied()
-            .filter(|&c| c > span.start_frame && c < span.end_frame),
-    );
-    bounds.push(span.end_frame);
-    bounds
-        .windows(2)
-        .map(|w| Shot {
-            start_frame: w[0],
-            end_frame: w[1],
-            shot_type: ShotType::Other,
-            description: format!("from {}", w[0]),
-            dialogue: vec![],
-        })
-        .collect()
 }
 
 /// Two chunks of a 6 000-frame film; chunk 0 sees the cut at `a`, chunk 1 at `b`.
@@ -39,11 +19,11 @@ fn starts_with_cut_seen_at(a: i64, b: i64) -> (i64, Vec<i64>) {
     let chunks = vec![
         ChunkOutcome {
             span: spans[0],
-            result: ChunkResult::Completed(analyze(spans[0], &[seam + a])),
+            result: ChunkResult::Completed(exact_shots(spans[0], &[seam + a])),
         },
         ChunkOutcome {
             span: spans[1],
-            result: ChunkResult::Completed(analyze(spans[1], &[seam + b])),
+            result: ChunkResult::Completed(exact_shots(spans[1], &[seam + b])),
         },
     ];
     let merged = merge(&chunks, duration, fps());

@@ -9,7 +9,7 @@ use shotlist_shared::time::Fps;
 use shotlist_tests::film::{film_dir, make_film, with_delayed_video, Film};
 
 fn city() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/media/cityCC0.mpg")
+    shotlist_tests::film::city_footage()
 }
 
 fn fps(s: &str) -> Fps {

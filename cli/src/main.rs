@@ -26,6 +26,7 @@ use shotlist_shared::localdb::{LocalDbError, TempCluster};
 use shotlist_shared::runner::{self, RunError};
 use shotlist_shared::sheet::{Sheet, SheetStatus};
 use tokio::signal::unix::{signal, Signal, SignalKind};
+use uuid::Uuid;
 
 use crate::args::{Cli, Command, MigrateArgs, ProcessArgs, ProcessSettings};
 use crate::progress::{one_line, Progress};
@@ -56,6 +57,12 @@ enum CliError {
     Run(#[from] RunError),
     #[error("could not write the sheet: {0}")]
     Export(#[from] ExportError),
+    #[error("could not create the output folder {}: {source}", path.display())]
+    OutDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("interrupted")]
     Interrupted,
     #[error("the embedded PostgreSQL start-up task failed: {0}")]
@@ -222,15 +229,46 @@ impl Interrupt {
     }
 }
 
-async fn process(settings: ProcessSettings) -> Result<(), CliError> {
+async fn process(mut settings: ProcessSettings) -> Result<(), CliError> {
     let mut interrupt = Interrupt::listen()?;
+    // The film's id is fixed here, so that the output folder is known, and
+    // known to be writable, before any work that a late failure would waste.
+    let video_id = *settings.options.video_id.get_or_insert_with(Uuid::new_v4);
+    let out = settings
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_OUT_ROOT).join(video_id.to_string()));
+    let made_out = !out.exists();
+    std::fs::create_dir_all(&out).map_err(|source| CliError::OutDir {
+        path: out.clone(),
+        source,
+    })?;
+    let result = analyze(&settings, &mut interrupt).await;
+    let sheet = match result {
+        Ok(sheet) => sheet,
+        Err(error) => {
+            if made_out {
+                // Only removes the folder while it is still empty.
+                let _ = std::fs::remove_dir(&out);
+            }
+            return Err(error);
+        }
+    };
+    let files = export::write_sheet(&out, &sheet)?;
+    report(&sheet, &files);
+    Ok(())
+}
+
+/// Runs the job against the database the settings name, or against a
+/// private one started for it and removed afterwards.
+async fn analyze(settings: &ProcessSettings, interrupt: &mut Interrupt) -> Result<Sheet, CliError> {
     let progress = Progress::new(std::io::stderr().is_terminal());
     let (db, cluster) = match &settings.database_url {
-        Some(url) => (connect(url, &settings, &mut interrupt).await?, None),
+        Some(url) => (connect(url, settings, interrupt).await?, None),
         None => {
             progress.stage("starting the embedded PostgreSQL");
-            let cluster = start_cluster(&mut interrupt).await?;
-            match connect(&cluster.url(), &settings, &mut interrupt).await {
+            let cluster = start_cluster(interrupt).await?;
+            match connect(&cluster.url(), settings, interrupt).await {
                 Ok(db) => (db, Some(cluster)),
                 Err(error) => {
                     stop_cluster(cluster).await;
@@ -253,13 +291,7 @@ async fn process(settings: ProcessSettings) -> Result<(), CliError> {
     if let Some(cluster) = cluster {
         stop_cluster(cluster).await;
     }
-    let sheet = result?;
-    let out = settings
-        .out
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_OUT_ROOT).join(sheet.video_id.to_string()));
-    let files = export::write_sheet(&out, &sheet)?;
-    report(&sheet, &files);
-    Ok(())
+    result
 }
 
 /// Connects to the database and applies missing migrations.
@@ -302,12 +334,13 @@ async fn stop_cluster(cluster: TempCluster) {
 fn report(sheet: &Sheet, files: &SheetFiles) {
     println!("{}", files.json.display());
     println!("{}", files.csv.display());
+    let shots = match sheet.shots.len() {
+        1 => "1 shot".to_string(),
+        n => format!("{n} shots"),
+    };
     println!(
-        "{} shots, {}/{} chunks completed, {} failed",
-        sheet.shots.len(),
-        sheet.completed_chunks,
-        sheet.total_chunks,
-        sheet.failed_chunks
+        "{shots}, {}/{} chunks completed, {} failed",
+        sheet.completed_chunks, sheet.total_chunks, sheet.failed_chunks
     );
     if sheet.status == SheetStatus::Partial {
         eprintln!(

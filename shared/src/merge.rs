@@ -123,6 +123,9 @@ fn add_pieces(drafts: &mut Vec<Draft>, pieces: Vec<(bool, Shot)>, chunk: u32, af
         match drafts.last_mut() {
             Some(last) if continues || same_cut => {
                 last.end = last.end.max(piece.end_frame);
+                if continues && last.chunk != chunk {
+                    append_description(&mut last.shot.description, &piece.description);
+                }
                 append_dialogue(&mut last.shot.dialogue, piece.dialogue);
             }
             _ => drafts.push(Draft {
@@ -132,6 +135,21 @@ fn add_pieces(drafts: &mut Vec<Draft>, pieces: Vec<(bool, Shot)>, chunk: u32, af
                 shot: piece,
             }),
         }
+    }
+}
+
+/// Adds what the next chunk saw of a shot that runs on into its region, when
+/// it says something the first chunk did not: a shot longer than a chunk is
+/// described part by part, "first part; then next part".
+fn append_description(description: &mut String, more: &str) {
+    if more.is_empty() || description.ends_with(more) {
+        return;
+    }
+    if description.is_empty() {
+        description.push_str(more);
+    } else {
+        description.push_str("; then ");
+        description.push_str(more);
     }
 }
 
@@ -285,8 +303,14 @@ mod tests {
     }
 
     #[test]
-    fn a_shot_longer_than_a_chunk_stays_one_shot() {
+    fn a_shot_longer_than_a_chunk_stays_one_shot_described_part_by_part() {
         let merged = merge(&film(20_000, &[100, 15_000]), 20_000, fps());
+        // The shot from 100 runs through chunks 0 to 3; each later chunk saw
+        // it from its own start.
+        assert_eq!(
+            merged.shots[1].description,
+            "from 100; then from 4125; then from 8250; then from 12375"
+        );
         assert_eq!(starts(&merged), vec![0, 100, 15_000]);
         assert_eq!(merged.shots[1].end_frame, 15_000);
         assert_eq!(merged.shots[1].end, "00:10:00:00");

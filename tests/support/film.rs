@@ -61,6 +61,22 @@ impl Film {
     }
 }
 
+/// The real footage the team shares (`cityCC0.mpg`: MPEG-PS, MPEG-2, 25 fps,
+/// no audio, 190 frames).
+///
+/// # Panics
+/// When the file is not beside the checkout, with a message saying why.
+pub fn city_footage() -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/media/cityCC0.mpg");
+    assert!(
+        path.is_file(),
+        "real footage {} is missing: the tests expect the team's shared/ folder \
+         beside the checkout (shared/media/README.md says where the file comes from)",
+        path.display()
+    );
+    path
+}
+
 /// Where generated films are cached: `test-films` in Cargo's target folder.
 pub fn film_dir() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")

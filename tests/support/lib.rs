@@ -1,5 +1,6 @@
 //! Test support for the workspace's integration tests: generated films with
 //! known cut lists ([`film`]) and a private Postgres ([`pg`]).
 
+pub mod exact;
 pub mod film;
 pub mod pg;

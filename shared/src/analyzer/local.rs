@@ -467,14 +467,16 @@ fn frame_index(seconds: f64, media: &crate::probe::MediaInfo) -> i64 {
     ((seconds - media.start_offset_seconds) * media.fps.as_f64()).round() as i64
 }
 
-/// What was measured in a shot: its length and how much of it has sound.
+/// What was measured in the part of a shot this chunk saw: whether it has
+/// sound and how much. The shot's length is not repeated (the timecodes say
+/// it, and a shot longer than a chunk is seen in parts).
 fn describe(request: &ChunkRequest, shot: &Shot, silences: Option<&[(f64, f64)]>) -> String {
     let fps = request.media.fps;
     let start = fps.seconds_at(request.start_frame + shot.start_frame);
     let end = fps.seconds_at(request.start_frame + shot.end_frame);
     let length = end - start;
     let Some(silences) = silences else {
-        return format!("{length:.2} s; no audio track");
+        return "no audio track".to_string();
     };
     let silent: f64 = silences
         .iter()
@@ -482,9 +484,11 @@ fn describe(request: &ChunkRequest, shot: &Shot, silences: Option<&[(f64, f64)]>
         .sum();
     let sound = (length - silent).max(0.0);
     if sound < MIN_SOUND_SECONDS {
-        format!("{length:.2} s; silent")
+        "silent".to_string()
+    } else if length - sound < MIN_SOUND_SECONDS {
+        "sound throughout".to_string()
     } else {
-        format!("{length:.2} s; sound for {sound:.1} s")
+        format!("sound for {sound:.1} s of {length:.1} s")
     }
 }
 
