@@ -186,3 +186,66 @@ async fn a_film_that_cannot_be_probed_registers_nothing() {
         .get(0);
     assert_eq!(videos, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_with_the_id_of_an_interrupted_one_resumes_it_and_gives_the_same_sheet() {
+    use shotlist_shared::analyzer::LocalAnalyzer;
+    use shotlist_shared::worker::{process_chunk, Done, WorkerConfig};
+
+    let fps = Fps::new(25, 1).unwrap();
+    let cuts = [250, 4100, 4150, 8300, 12_000, 13_500];
+    let film = make_film(&film_dir(), fps, &cuts, 15_000, true);
+    let (uninterrupted, _) = run(&film, &RunOptions::default()).await;
+
+    // The first run registered the film and finished chunks 0 and 2, then
+    // died; the second is given its id.
+    let (db, _) = fresh_db().await;
+    let video_id = uuid::Uuid::new_v4();
+    let media = shotlist_shared::probe::probe(&film.path).await.unwrap();
+    let source = film.path.canonicalize().unwrap();
+    let total = db
+        .register_film(
+            video_id,
+            &source.to_string_lossy(),
+            &media,
+            PlanParams::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(total, 4);
+    for index in [0, 2] {
+        let done = process_chunk(
+            &db,
+            &LocalAnalyzer::default(),
+            video_id,
+            index,
+            &WorkerConfig::default(),
+        )
+        .await
+        .unwrap();
+        assert!(matches!(done, Done::Completed(_)), "{done:?}");
+    }
+    let options = RunOptions {
+        video_id: Some(video_id),
+        ..RunOptions::default()
+    };
+    let ignore = |_: RunEvent| {};
+    let resumed = run_local(&db, &film.path, &options, &ignore).await.unwrap();
+
+    assert_eq!(resumed.video_id, video_id);
+    assert_eq!(resumed.shots, uninterrupted.shots);
+    assert_eq!(resumed.status, SheetStatus::Complete);
+    let progress = db.chunk_progress(video_id).await.unwrap();
+    let attempts: Vec<i64> = (0..4)
+        .map(|i| progress["chunks"][i]["attempts"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        attempts,
+        vec![1, 1, 1, 1],
+        "finished chunks were not analyzed again"
+    );
+
+    // A third run with the same id finds the sheet and returns it unchanged.
+    let again = run_local(&db, &film.path, &options, &ignore).await.unwrap();
+    assert_eq!(again, resumed);
+}
