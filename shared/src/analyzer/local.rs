@@ -555,18 +555,16 @@ mod tests {
     }
 
     #[test]
-    fn descriptions_state_length_and_sound() {
+    fn descriptions_state_the_sound_measured() {
         let r = request(0, 250, media("25/1", 0.0, true));
         let shot = shots_from_cuts(250, &[100]).remove(1);
         assert_eq!(
             describe(&r, &shot, Some(&[(3.0, 7.0)])),
-            "6.00 s; sound for 3.0 s"
+            "sound for 3.0 s of 6.0 s"
         );
-        assert_eq!(
-            describe(&r, &shot, Some(&[(3.5, f64::INFINITY)])),
-            "6.00 s; silent"
-        );
-        assert_eq!(describe(&r, &shot, None), "6.00 s; no audio track");
+        assert_eq!(describe(&r, &shot, Some(&[(3.5, f64::INFINITY)])), "silent");
+        assert_eq!(describe(&r, &shot, Some(&[(0.0, 1.0)])), "sound throughout");
+        assert_eq!(describe(&r, &shot, None), "no audio track");
     }
 
     #[test]
