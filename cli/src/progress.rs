@@ -90,9 +90,9 @@ impl Progress {
                 bar.set_position(0);
                 bar.set_message("");
                 bar.reset_eta();
-                bar.println(format!("video {video_id}: {total} chunks"));
+                bar.println(format!("video {video_id}: {}", chunks(total)));
             }
-            None => eprintln!("video {video_id}: {total} chunks"),
+            None => eprintln!("video {video_id}: {}", chunks(total)),
         }
     }
 
@@ -122,6 +122,15 @@ impl Progress {
 /// `text` with its line breaks folded into spaces.
 pub fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// "1 chunk", "18 chunks".
+fn chunks(total: u32) -> String {
+    if total == 1 {
+        "1 chunk".to_string()
+    } else {
+        format!("{total} chunks")
+    }
 }
 
 #[cfg(test)]
