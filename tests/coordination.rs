@@ -13,8 +13,8 @@ use serde_json::{json, Value};
 use shotlist_shared::db::{Claim, ClaimedChunk, Db, DbError, Outcome, Progress, MIGRATIONS};
 use shotlist_shared::model::{Shot, ShotType};
 use shotlist_shared::plan::{self, PlanParams};
-use shotlist_shared::probe::MediaInfo;
 use shotlist_shared::time::{self, Fps};
+use shotlist_tests::fixtures::{self, described_film};
 use shotlist_tests::pg::{connect, fresh_database, fresh_db};
 use tokio::sync::{Barrier, Semaphore};
 use tokio_postgres::types::{ToSql, Type};
@@ -32,31 +32,9 @@ fn fps(rate: &str) -> Fps {
     rate.parse().expect("a valid frame rate")
 }
 
-fn media(duration_frames: i64, fps: Fps) -> MediaInfo {
-    MediaInfo {
-        fps,
-        duration_frames,
-        start_offset_seconds: 0.0,
-        has_audio: false,
-        width: 320,
-        height: 240,
-        codec: "mpeg2video".into(),
-        format: "mpeg".into(),
-    }
-}
-
 /// A registered and described film of `frames` frames at `rate`.
 async fn film(db: &Db, frames: i64, rate: &str) -> Uuid {
-    let id = Uuid::new_v4();
-    db.register_film(
-        id,
-        "/films/test.mp4",
-        &media(frames, fps(rate)),
-        PlanParams::default(),
-    )
-    .await
-    .expect("film registered");
-    id
+    described_film(db, frames, rate).await
 }
 
 fn shot(start_frame: i64, end_frame: i64) -> Shot {
@@ -287,7 +265,7 @@ async fn the_sql_plan_equals_the_rust_plan_in_seconds_and_frames() {
             let params = param_sets[i % param_sets.len()];
             let id = Uuid::new_v4();
             let count = db
-                .register_film(id, "/films/x.mp4", &media(frames, fps), params)
+                .register_film(id, "/films/x.mp4", &fixtures::media(frames, fps), params)
                 .await
                 .unwrap();
             let seconds = plan::plan(plan::duration_seconds(frames, fps), params).unwrap();

@@ -8,36 +8,14 @@ use std::time::Duration;
 use shotlist_shared::db::{Claim, ClaimedChunk, Db, Outcome};
 use shotlist_shared::model::{Shot, ShotType};
 use shotlist_shared::plan::PlanParams;
-use shotlist_shared::probe::MediaInfo;
 use shotlist_shared::time::Fps;
+use shotlist_tests::fixtures::described_film;
 use shotlist_tests::pg::fresh_db;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
-fn media(duration_frames: i64, fps: &str) -> MediaInfo {
-    MediaInfo {
-        fps: fps.parse::<Fps>().unwrap(),
-        duration_frames,
-        start_offset_seconds: 0.0,
-        has_audio: false,
-        width: 320,
-        height: 240,
-        codec: "h264".into(),
-        format: "mp4".into(),
-    }
-}
-
 async fn film(db: &Db, frames: i64, fps: &str) -> Uuid {
-    let id = Uuid::new_v4();
-    db.register_film(
-        id,
-        "/films/x.mp4",
-        &media(frames, fps),
-        PlanParams::default(),
-    )
-    .await
-    .expect("registered");
-    id
+    described_film(db, frames, fps).await
 }
 
 async fn claimed(db: &Db, id: Uuid, chunk: u32) -> ClaimedChunk {

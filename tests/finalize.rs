@@ -19,6 +19,7 @@ use shotlist_shared::sheet::{Sheet, SheetStatus};
 use shotlist_shared::time::{self, Fps};
 use shotlist_shared::worker::{process_chunk, Done, WorkerConfig};
 use shotlist_tests::exact::exact_shots;
+use shotlist_tests::fixtures;
 use shotlist_tests::pg::{connect, fresh_db};
 use tokio_postgres::types::Type;
 use uuid::Uuid;
@@ -33,16 +34,7 @@ fn fps() -> Fps {
 }
 
 fn media() -> MediaInfo {
-    MediaInfo {
-        fps: fps(),
-        duration_frames: FILM_FRAMES,
-        start_offset_seconds: 0.0,
-        has_audio: true,
-        width: 1920,
-        height: 1080,
-        codec: "h264".into(),
-        format: "mov,mp4,m4a,3gp,3g2,mj2".into(),
-    }
+    fixtures::media(FILM_FRAMES, fps())
 }
 
 fn spans() -> Vec<FrameSpan> {

@@ -3,4 +3,5 @@
 
 pub mod exact;
 pub mod film;
+pub mod fixtures;
 pub mod pg;

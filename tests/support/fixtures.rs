@@ -1,0 +1,41 @@
+//! Row factories for database tests: a film as probing would describe it,
+//! registered and described without touching a real file.
+
+use shotlist_shared::db::Db;
+use shotlist_shared::plan::PlanParams;
+use shotlist_shared::probe::MediaInfo;
+use shotlist_shared::time::Fps;
+use uuid::Uuid;
+
+/// What probing a film of `duration_frames` frames at `fps` could say.
+pub fn media(duration_frames: i64, fps: Fps) -> MediaInfo {
+    MediaInfo {
+        fps,
+        duration_frames,
+        start_offset_seconds: 0.0,
+        has_audio: false,
+        width: 320,
+        height: 240,
+        codec: "h264".into(),
+        format: "mov,mp4,m4a,3gp,3g2,mj2".into(),
+    }
+}
+
+/// A new film of `frames` frames at `rate` (e.g. `"25/1"`), registered with
+/// the default plan and described, so its chunks can be claimed.
+///
+/// # Panics
+/// When the rate is invalid or the database refuses: this is test support.
+pub async fn described_film(db: &Db, frames: i64, rate: &str) -> Uuid {
+    let fps: Fps = rate.parse().expect("a valid frame rate");
+    let id = Uuid::new_v4();
+    db.register_film(
+        id,
+        "/films/test.mp4",
+        &media(frames, fps),
+        PlanParams::default(),
+    )
+    .await
+    .expect("film registered");
+    id
+}
