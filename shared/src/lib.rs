@@ -8,6 +8,7 @@
 //! ([`sheet`]). Time is a frame index throughout ([`time`]).
 
 pub mod analyzer;
+pub mod cloud;
 pub mod db;
 pub mod export;
 pub mod localdb;
