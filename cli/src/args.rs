@@ -25,8 +25,63 @@ pub struct Cli {
 pub enum Command {
     /// Analyze FILM and write its sheet.json and sheet.csv.
     Process(ProcessArgs),
+    /// Run FILM through the cloud shape on this machine: submit, an
+    /// SQS-compatible server (e.g. moto on 127.0.0.1), process-chunk at most
+    /// --concurrency at once, finalize; then write the sheet like `process`.
+    Cloud(CloudArgs),
     /// Apply the database migrations that are missing, then exit.
     Migrate(MigrateArgs),
+}
+
+/// `shotlist cloud`.
+#[derive(Debug, Args)]
+pub struct CloudArgs {
+    #[command(flatten)]
+    pub process: ProcessArgs,
+    /// The SQS-compatible endpoint (scripts/moto start prints one).
+    #[arg(long, env = "SHOTLIST_SQS_ENDPOINT", value_name = "URL")]
+    pub sqs_endpoint: String,
+    /// Queue names start with this: <PREFIX>-chunks, <PREFIX>-finalize and
+    /// their -dlq queues; they are created when missing.
+    #[arg(long, default_value = "shotlist", value_name = "PREFIX")]
+    pub queue_prefix: String,
+}
+
+/// A `cloud` request whose arguments passed every check.
+#[derive(Debug, Clone)]
+pub struct CloudSettings {
+    pub sqs_endpoint: String,
+    pub queue_prefix: String,
+}
+
+impl CloudArgs {
+    /// Checks the process arguments and the cloud ones.
+    pub fn validate(self) -> Result<(ProcessSettings, CloudSettings), ArgError> {
+        let endpoint = self.sqs_endpoint.trim().to_string();
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            return Err(ArgError(format!(
+                "--sqs-endpoint must be an http(s) URL, got {endpoint:?}"
+            )));
+        }
+        let prefix = self.queue_prefix.trim().to_string();
+        let valid = !prefix.is_empty()
+            && prefix.len() <= 60
+            && prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !valid {
+            return Err(ArgError(format!(
+                "--queue-prefix must be 1 to 60 letters, digits, '-' or '_', got {prefix:?}"
+            )));
+        }
+        Ok((
+            self.process.validate()?,
+            CloudSettings {
+                sqs_endpoint: endpoint,
+                queue_prefix: prefix,
+            },
+        ))
+    }
 }
 
 /// `shotlist process`.

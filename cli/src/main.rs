@@ -5,7 +5,9 @@
 //! state lives in PostgreSQL: the server named by `--database-url` (or
 //! `DATABASE_URL`), or else a private server started for the run and removed
 //! afterwards, also on failure and on Ctrl-C. `shotlist migrate` only brings
-//! a database's schema up to date.
+//! a database's schema up to date. `shotlist cloud FILM --sqs-endpoint URL`
+//! does what `process` does through the cloud shape: the Lambda functions'
+//! handlers with a real SQS-compatible server between them.
 //!
 //! Results go to stdout; progress, logs (`RUST_LOG`, default `warn`) and
 //! errors go to stderr. A failure is one line, `shotlist: error: <reason>`,
@@ -28,7 +30,9 @@ use shotlist_shared::sheet::{Sheet, SheetStatus};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use uuid::Uuid;
 
-use crate::args::{Cli, Command, MigrateArgs, ProcessArgs, ProcessSettings};
+use crate::args::{
+    Cli, CloudArgs, CloudSettings, Command, MigrateArgs, ProcessArgs, ProcessSettings,
+};
 use crate::progress::{one_line, Progress};
 
 /// Where sheets go without `--out`: `<this>/<video id>`.
@@ -55,6 +59,8 @@ enum CliError {
     Db(#[from] DbError),
     #[error(transparent)]
     Run(#[from] RunError),
+    #[error(transparent)]
+    Cloud(#[from] shotlist_shared::cloud::local::LocalCloudError),
     #[error("could not write the sheet: {0}")]
     Export(#[from] ExportError),
     #[error("could not create the output folder {}: {source}", path.display())]
@@ -96,8 +102,16 @@ fn main() -> ExitCode {
             database_url: Some(url),
             ..
         })
+        | Command::Cloud(CloudArgs {
+            process:
+                ProcessArgs {
+                    database_url: Some(url),
+                    ..
+                },
+            ..
+        })
         | Command::Migrate(MigrateArgs { database_url: url }) => redact::secrets(url),
-        Command::Process(_) => Vec::new(),
+        Command::Process(_) | Command::Cloud(_) => Vec::new(),
     };
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -169,7 +183,11 @@ fn describe(error: &CliError, secrets: &[String]) -> String {
 
 async fn run(command: Command) -> Result<(), CliError> {
     match command {
-        Command::Process(args) => process(args.validate()?).await,
+        Command::Process(args) => process(args.validate()?, None).await,
+        Command::Cloud(args) => {
+            let (settings, cloud) = args.validate()?;
+            process(settings, Some(cloud)).await
+        }
         Command::Migrate(args) => migrate(&args.database_url).await,
     }
 }
@@ -229,7 +247,10 @@ impl Interrupt {
     }
 }
 
-async fn process(mut settings: ProcessSettings) -> Result<(), CliError> {
+async fn process(
+    mut settings: ProcessSettings,
+    cloud: Option<CloudSettings>,
+) -> Result<(), CliError> {
     let mut interrupt = Interrupt::listen()?;
     // The film's id is fixed here, so that the output folder is known, and
     // known to be writable, before any work that a late failure would waste.
@@ -243,7 +264,7 @@ async fn process(mut settings: ProcessSettings) -> Result<(), CliError> {
         path: out.clone(),
         source,
     })?;
-    let result = analyze(&settings, &mut interrupt).await;
+    let result = analyze(&settings, cloud.as_ref(), &mut interrupt).await;
     let sheet = match result {
         Ok(sheet) => sheet,
         Err(error) => {
@@ -261,7 +282,11 @@ async fn process(mut settings: ProcessSettings) -> Result<(), CliError> {
 
 /// Runs the job against the database the settings name, or against a
 /// private one started for it and removed afterwards.
-async fn analyze(settings: &ProcessSettings, interrupt: &mut Interrupt) -> Result<Sheet, CliError> {
+async fn analyze(
+    settings: &ProcessSettings,
+    cloud: Option<&CloudSettings>,
+    interrupt: &mut Interrupt,
+) -> Result<Sheet, CliError> {
     let progress = Progress::new(std::io::stderr().is_terminal());
     let (db, cluster) = match &settings.database_url {
         Some(url) => (connect(url, settings, interrupt).await?, None),
@@ -278,20 +303,103 @@ async fn analyze(settings: &ProcessSettings, interrupt: &mut Interrupt) -> Resul
         }
     };
     progress.stage("probing the film");
-    let result = interrupt
-        .guard(runner::run_local(
-            &db,
-            &settings.film,
-            &settings.options,
-            &|event| progress.on_event(event),
-        ))
-        .await;
+    let result = match cloud {
+        None => {
+            interrupt
+                .guard(runner::run_local(
+                    &db,
+                    &settings.film,
+                    &settings.options,
+                    &|event| progress.on_event(event),
+                ))
+                .await
+        }
+        Some(cloud) => {
+            interrupt
+                .guard(through_the_cloud(&db, settings, cloud, &progress))
+                .await
+        }
+    };
     progress.finish();
     drop(db);
     if let Some(cluster) = cluster {
         stop_cluster(cluster).await;
     }
     result
+}
+
+/// The film through the local cloud shape: queues on the SQS endpoint, the
+/// functions' handlers, the local analyzer.
+async fn through_the_cloud(
+    db: &Db,
+    settings: &ProcessSettings,
+    cloud: &CloudSettings,
+    progress: &Progress,
+) -> Result<Sheet, CliError> {
+    use shotlist_shared::analyzer::local::LocalAnalyzer;
+    use shotlist_shared::cloud::local::{LocalCloud, LocalCloudOptions};
+    use shotlist_shared::runner::RunEvent;
+
+    let film = settings
+        .film
+        .canonicalize()
+        .map_err(|source| CliError::Io {
+            what: "resolve the film's path",
+            source,
+        })?;
+    let (Some(root), Some(key)) = (film.parent(), film.file_name()) else {
+        return Err(CliError::Io {
+            what: "resolve the film's folder",
+            source: std::io::Error::other(format!("{} has no folder", film.display())),
+        });
+    };
+    let analyzer = LocalAnalyzer {
+        scene_threshold: settings.options.scene_threshold,
+        ..LocalAnalyzer::default()
+    };
+    let options = LocalCloudOptions {
+        sqs_endpoint: cloud.sqs_endpoint.clone(),
+        queue_prefix: cloud.queue_prefix.clone(),
+        maximum_concurrency: settings.options.concurrency,
+        plan: settings.options.plan,
+        worker: settings.options.worker,
+        ..LocalCloudOptions::default()
+    };
+    let local = LocalCloud::new(db.clone(), std::sync::Arc::new(analyzer), root, options).await?;
+    let last_done = std::sync::atomic::AtomicU32::new(u32::MAX);
+    let on_progress = |value: &serde_json::Value| {
+        let count = |key: &str| value[key].as_u64().unwrap_or(0) as u32;
+        let done = count("completedChunks") + count("failedChunks");
+        let video_id = value["videoId"].as_str().and_then(|s| s.parse().ok());
+        match (video_id, value.get("created")) {
+            (Some(video_id), Some(_)) => progress.on_event(RunEvent::Registered {
+                video_id,
+                total_chunks: count("totalChunks"),
+            }),
+            _ if last_done.swap(done, std::sync::atomic::Ordering::Relaxed) == done => {}
+            _ => progress.on_event(RunEvent::ChunkDone {
+                index: 0,
+                completed: count("completedChunks"),
+                failed: count("failedChunks"),
+                total: count("totalChunks"),
+            }),
+        }
+    };
+    let report = local
+        .run(
+            &key.to_string_lossy(),
+            settings.options.video_id,
+            &on_progress,
+        )
+        .await?;
+    progress.on_event(RunEvent::Finalized);
+    tracing::info!(
+        chunk_messages = report.chunk_stats.messages_received(),
+        max_in_flight = report.chunk_stats.max_in_flight(),
+        finalize_messages = report.finalize_stats.messages_received(),
+        "local cloud run done"
+    );
+    Ok(report.sheet)
 }
 
 /// Connects to the database and applies missing migrations.

@@ -27,8 +27,13 @@ use crate::time::Fps;
 
 /// The migrations, applied in this order. A test checks that this list and
 /// the `migrations/` folder agree.
-pub const MIGRATIONS: &[(&str, &str)] =
-    &[("0001_core", include_str!("../../migrations/0001_core.sql"))];
+pub const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_core", include_str!("../../migrations/0001_core.sql")),
+    (
+        "0002_cloud",
+        include_str!("../../migrations/0002_cloud.sql"),
+    ),
+];
 
 /// Serializes concurrent migrators of one database.
 const MIGRATION_LOCK: i64 = 0x5307_1157;
@@ -219,6 +224,76 @@ pub struct ChunkRow {
     pub shots: Vec<Shot>,
 }
 
+/// A film to submit: registered, described and given its owner in one
+/// transaction (`submit_video`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Submission {
+    pub video_id: Uuid,
+    /// Who submitted it; `None` for a film without an owner.
+    pub owner_id: Option<Uuid>,
+    /// Where the workers read the film. A resubmission must give the same.
+    pub source: String,
+    pub media: MediaInfo,
+    pub plan: PlanParams,
+}
+
+/// The answer of `submit_video`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Submitted {
+    pub total_chunks: u32,
+    /// True only for the call that inserted the film.
+    pub created: bool,
+    /// Whether every chunk message was sent already (`mark_enqueued`).
+    pub enqueued: bool,
+    /// Whether this caller is to send the chunk messages now, then
+    /// `mark_enqueued` (or `release_enqueue` when sending failed). True for
+    /// one caller at a time while the messages are not all sent.
+    #[serde(default)]
+    pub enqueue: bool,
+    pub owner_id: Option<Uuid>,
+}
+
+/// The answer of `force_finalize`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Forced {
+    /// The chunks this call failed, in order; empty when there was nothing
+    /// left open (a second call, or a film that finished normally).
+    pub forced_chunks: Vec<u32>,
+    /// `finished` is true only when this call finished the film.
+    #[serde(flatten)]
+    pub progress: Progress,
+}
+
+/// A queue message a handler rejected, as `rejected_messages` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RejectedMessage {
+    pub queue: String,
+    pub message_id: String,
+    /// The first 4096 characters of the first delivery's body.
+    pub body: String,
+    /// The latest delivery's error.
+    pub error: String,
+    /// How many deliveries were rejected.
+    pub receive_count: u32,
+    /// RFC 3339 timestamps, as PostgreSQL writes them in JSON.
+    pub first_seen: String,
+    pub last_seen: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct OwnerAnswer {
+    owner_id: Option<Uuid>,
+}
+
+#[derive(Deserialize)]
+struct MarkAnswer {
+    marked: bool,
+}
+
 /// A pool of connections to the shotlist database.
 #[derive(Clone)]
 pub struct Db {
@@ -402,6 +477,131 @@ impl Db {
         let count = self.register_video(video_id, duration, plan).await?;
         self.describe_video(video_id, source, media).await?;
         Ok(count)
+    }
+
+    /// `submit_video`: registers and describes the film and records its
+    /// owner, in one transaction. Submitting the same film again with the
+    /// same facts changes nothing (`created` is false); another owner,
+    /// source, plan or frame rate/length is an [`DbError::InvalidArgument`]
+    /// naming what differs.
+    pub async fn submit_video(&self, submission: &Submission) -> Result<Submitted, DbError> {
+        let what = "submit_video";
+        let media = &submission.media;
+        let media_json = serde_json::to_value(media).map_err(|e| decode_error(what, e))?;
+        // The same duration register_film gives, so that both agree.
+        let duration = crate::plan::duration_seconds(media.duration_frames, media.fps);
+        let (num, den) = (media.fps.num() as i32, media.fps.den() as i32);
+        self.call(
+            what,
+            "SELECT public.submit_video($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            &[
+                (&submission.video_id, Type::UUID),
+                (&submission.owner_id, Type::UUID),
+                (&duration, Type::FLOAT8),
+                (&submission.plan.chunk_seconds, Type::FLOAT8),
+                (&submission.plan.overlap_seconds, Type::FLOAT8),
+                (&submission.source, Type::TEXT),
+                (&num, Type::INT4),
+                (&den, Type::INT4),
+                (&media.duration_frames, Type::INT8),
+                (&media_json, Type::JSONB),
+            ],
+        )
+        .await
+    }
+
+    /// `mark_enqueued`: records that every chunk message of the film was
+    /// sent. Returns whether this call marked it (false: it was already).
+    pub async fn mark_enqueued(&self, video_id: Uuid) -> Result<bool, DbError> {
+        let answer: MarkAnswer = self
+            .call(
+                "mark_enqueued",
+                "SELECT public.mark_enqueued($1)",
+                &[(&video_id, Type::UUID)],
+            )
+            .await?;
+        Ok(answer.marked)
+    }
+
+    /// `release_enqueue`: gives back this caller's claim to send the film's
+    /// chunk messages after a failed send.
+    pub async fn release_enqueue(&self, video_id: Uuid) -> Result<(), DbError> {
+        let _: Value = self
+            .call(
+                "release_enqueue",
+                "SELECT public.release_enqueue($1)",
+                &[(&video_id, Type::UUID)],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// `video_owner`: the film's owner, `None` for a film without one;
+    /// [`DbError::NotFound`] for an unknown film.
+    pub async fn video_owner(&self, video_id: Uuid) -> Result<Option<Uuid>, DbError> {
+        let answer: OwnerAnswer = self
+            .call(
+                "video_owner",
+                "SELECT public.video_owner($1)",
+                &[(&video_id, Type::UUID)],
+            )
+            .await?;
+        Ok(answer.owner_id)
+    }
+
+    /// `force_finalize`: fails every chunk still open with `reason` and
+    /// finishes the film; completed chunks keep their shots.
+    pub async fn force_finalize(&self, video_id: Uuid, reason: &str) -> Result<Forced, DbError> {
+        self.call(
+            "force_finalize",
+            "SELECT public.force_finalize($1, $2)",
+            &[(&video_id, Type::UUID), (&reason, Type::TEXT)],
+        )
+        .await
+    }
+
+    /// `unfinished_chunks`: the chunks still pending or processing, in order.
+    pub async fn unfinished_chunks(&self, video_id: Uuid) -> Result<Vec<u32>, DbError> {
+        self.call(
+            "unfinished_chunks",
+            "SELECT public.unfinished_chunks($1)",
+            &[(&video_id, Type::UUID)],
+        )
+        .await
+    }
+
+    /// `record_rejected_message`: keeps a message no handler could use. A
+    /// redelivery of the same message counts, it adds no row.
+    pub async fn record_rejected_message(
+        &self,
+        queue: &str,
+        message_id: &str,
+        body: &str,
+        error: &str,
+    ) -> Result<(), DbError> {
+        let _: Value = self
+            .call(
+                "record_rejected_message",
+                "SELECT public.record_rejected_message($1, $2, $3, $4)",
+                &[
+                    (&queue, Type::TEXT),
+                    (&message_id, Type::TEXT),
+                    (&body, Type::TEXT),
+                    (&error, Type::TEXT),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// `rejected_messages`: the messages recorded for `queue`, oldest first.
+    pub async fn rejected_messages(&self, queue: &str) -> Result<Vec<RejectedMessage>, DbError> {
+        self.call(
+            "rejected_messages",
+            "SELECT public.rejected_messages($1)",
+            &[(&queue, Type::TEXT)],
+        )
+        .await
     }
 
     /// `update_chunk_status`, the old system's entry point.

@@ -148,7 +148,9 @@ pub async fn probe(path: &Path) -> Result<MediaInfo, ProbeError> {
 /// Errors name the file and the problem: missing, empty, not media,
 /// truncated, without a video stream, or ffprobe not installed.
 pub async fn probe_with(path: &Path, options: &ProbeOptions) -> Result<MediaInfo, ProbeError> {
-    check_file(path).await?;
+    if !is_remote(path) {
+        check_file(path).await?;
+    }
     let output = match run(path, options, &["-show_format", "-show_streams"]).await {
         Ok(output) => output,
         Err(e) => return Err(refine_truncated(e).await),
@@ -249,9 +251,20 @@ async fn run(path: &Path, options: &ProbeOptions, args: &[&str]) -> Result<Outpu
     Err(failure(path, &output))
 }
 
+/// Whether `path` is an `http://` or `https://` URL, which ffprobe reads
+/// itself, rather than a local file.
+pub fn is_remote(path: &Path) -> bool {
+    let text = path.to_string_lossy();
+    text.starts_with("http://") || text.starts_with("https://")
+}
+
 /// The input argument for a local file: the `file:` protocol keeps a name
 /// with a colon or a leading dash from being read as a URL or an option.
+/// A remote URL is passed as it is.
 fn file_url(path: &Path) -> std::ffi::OsString {
+    if is_remote(path) {
+        return path.as_os_str().to_owned();
+    }
     let mut url = std::ffi::OsString::from("file:");
     url.push(path.as_os_str());
     url

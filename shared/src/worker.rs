@@ -27,6 +27,10 @@ pub struct WorkerConfig {
     pub chunk_timeout: Duration,
     /// Attempts before a chunk fails for good.
     pub max_attempts: u32,
+    /// Whether this is the last time the chunk will be tried whatever its
+    /// attempts say (the queue's last delivery of its message): a retryable
+    /// failure then fails the chunk for good, with its error.
+    pub final_attempt: bool,
 }
 
 impl Default for WorkerConfig {
@@ -35,6 +39,7 @@ impl Default for WorkerConfig {
             lease: Duration::from_secs(360),
             chunk_timeout: Duration::from_secs(300),
             max_attempts: 3,
+            final_attempt: false,
         }
     }
 }
@@ -153,7 +158,8 @@ impl Job<'_> {
     }
 
     async fn fail(&self, claimed: &ClaimedChunk, e: &AnalyzeError) -> Result<Done, DbError> {
-        let (retryable, error) = (e.is_retryable(), e.to_string());
+        let retryable = e.is_retryable() && !self.config.final_attempt;
+        let error = e.to_string();
         tracing::warn!(attempt = claimed.attempt, retryable, error = %e, "analysis failed");
         let (token, attempts) = (claimed.lease_token, self.config.max_attempts);
         let report = self

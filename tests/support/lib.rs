@@ -1,6 +1,7 @@
 //! Test support for the workspace's integration tests: generated films with
 //! known cut lists ([`film`]) and a private Postgres ([`pg`]).
 
+pub mod cloud;
 pub mod exact;
 pub mod film;
 pub mod fixtures;

@@ -1,1 +1,9 @@
-fn main() {}
+//! status: `GET /videos/{id}` answers the film's progress, and its sheet
+//! once it is finalized.
+
+use shotlist_shared::cloud::api::Endpoint;
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    shotlist_shared::cloud::lambda::run_http(&[Endpoint::Status]).await
+}

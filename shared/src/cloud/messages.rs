@@ -3,9 +3,11 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// One chunk to analyze: the body of a chunk-queue message.
+/// One chunk to analyze: the body of a chunk-queue message. Other fields
+/// are ignored, so that a newer sender's hints do not make an older worker
+/// reject the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ChunkMessage {
     pub video_id: Uuid,
     pub chunk_index: u32,
@@ -13,7 +15,7 @@ pub struct ChunkMessage {
 
 /// A finished film to finalize: the body of a finalize-queue message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct FinalizeMessage {
     pub video_id: Uuid,
 }

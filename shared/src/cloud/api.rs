@@ -1,0 +1,594 @@
+//! The HTTP API behind API Gateway: submit, status, finalize and
+//! force-finalize.
+//!
+//! | method and path                    | who                      | answers |
+//! |------------------------------------|--------------------------|---------|
+//! | `POST /videos`                     | service role or a user   | 202 new film, 200 known film |
+//! | `GET /videos/{id}`                 | service role or the owner| 200 progress, with the sheet when done |
+//! | `POST /videos/{id}/finalize`       | service role             | 200 sheet, 409 not finished |
+//! | `POST /videos/{id}/force-finalize` | service role             | 200 sheet, or 202 with `{"retry": true}` |
+//!
+//! Every request needs `Authorization: Bearer <Supabase JWT>`. A missing or
+//! bad token is 401, a caller without rights 403, an unknown film 404, a bad
+//! body 400; errors are JSON `{"error": "...", "field": "..."}` where a field
+//! is to blame. No GET changes anything.
+
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use lambda_http::{Body, Request, Response};
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+
+use crate::cloud::auth::{AuthError, Caller, Verifier};
+use crate::cloud::messages::ChunkMessage;
+use crate::cloud::queue::MessageQueue;
+use crate::db::{Db, DbError, Submission};
+use crate::plan::PlanParams;
+use crate::probe::{self, ProbeOptions};
+
+/// How far a submitted `durationSeconds` may be from what probing finds.
+pub const DURATION_TOLERANCE_SECONDS: f64 = 1.0;
+
+/// How long submit may spend probing, within API Gateway's 30 s.
+pub const SUBMIT_PROBE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The endpoints; each Lambda function serves some of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Submit,
+    Status,
+    Finalize,
+    ForceFinalize,
+}
+
+impl Endpoint {
+    pub const ALL: [Endpoint; 4] = [
+        Endpoint::Submit,
+        Endpoint::Status,
+        Endpoint::Finalize,
+        Endpoint::ForceFinalize,
+    ];
+}
+
+/// Where bucket keys are found: a local (or mounted) folder, or a URL prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceRoot {
+    Folder(PathBuf),
+    Url(String),
+}
+
+impl SourceRoot {
+    /// `SHOTLIST_SOURCE_ROOT`: an `http(s)://` prefix or a folder.
+    pub fn parse(text: &str) -> Option<SourceRoot> {
+        let text = text.trim();
+        if text.is_empty() {
+            None
+        } else if text.starts_with("http://") || text.starts_with("https://") {
+            Some(SourceRoot::Url(text.trim_end_matches('/').to_string()))
+        } else {
+            Some(SourceRoot::Folder(PathBuf::from(text)))
+        }
+    }
+}
+
+/// What the HTTP handlers share; built once per Lambda instance.
+#[derive(Clone)]
+pub struct Api {
+    pub db: Db,
+    pub verifier: Verifier,
+    pub chunk_queue: Arc<dyn MessageQueue>,
+    pub source_root: Option<SourceRoot>,
+    pub plan: PlanParams,
+    pub probe: ProbeOptions,
+}
+
+/// A request that went wrong, as the answer to send.
+#[derive(Debug)]
+struct Failure {
+    status: StatusCode,
+    error: String,
+    field: Option<&'static str>,
+}
+
+impl Failure {
+    fn new(status: StatusCode, error: impl Into<String>) -> Failure {
+        Failure {
+            status,
+            error: error.into(),
+            field: None,
+        }
+    }
+
+    fn field(field: &'static str, error: impl Into<String>) -> Failure {
+        Failure {
+            status: StatusCode::BAD_REQUEST,
+            error: error.into(),
+            field: Some(field),
+        }
+    }
+
+    fn into_response(self) -> Response<Body> {
+        let mut body = json!({ "error": self.error });
+        if let Some(field) = self.field {
+            body["field"] = json!(field);
+        }
+        let response = respond(self.status, &body);
+        if self.status == StatusCode::UNAUTHORIZED {
+            let (mut parts, body) = response.into_parts();
+            parts.headers.insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+            return Response::from_parts(parts, body);
+        }
+        response
+    }
+}
+
+impl From<AuthError> for Failure {
+    fn from(e: AuthError) -> Failure {
+        Failure::new(StatusCode::UNAUTHORIZED, e.to_string())
+    }
+}
+
+impl From<DbError> for Failure {
+    fn from(e: DbError) -> Failure {
+        let status = match &e {
+            DbError::NotFound(_) => StatusCode::NOT_FOUND,
+            DbError::NotReady(_) | DbError::InvalidArgument(_) => StatusCode::CONFLICT,
+            e if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %e, "database call failed");
+        }
+        Failure::new(status, e.to_string())
+    }
+}
+
+fn respond(status: StatusCode, body: &Value) -> Response<Body> {
+    let mut response = Response::new(Body::Text(body.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// A matched route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route<'a> {
+    Videos,
+    Video(&'a str),
+    Finalize(&'a str),
+    ForceFinalize(&'a str),
+}
+
+/// Matches the end of the path, so a stage prefix (`/prod/videos`) is fine.
+fn route(path: &str) -> Option<Route<'_>> {
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    match segments.as_slice() {
+        [.., "videos"] => Some(Route::Videos),
+        [.., "videos", id] => Some(Route::Video(id)),
+        [.., "videos", id, "finalize"] => Some(Route::Finalize(id)),
+        [.., "videos", id, "force-finalize"] => Some(Route::ForceFinalize(id)),
+        _ => None,
+    }
+}
+
+impl Api {
+    /// Answers one request, serving only the `serves` endpoints.
+    pub async fn handle(&self, serves: &[Endpoint], request: Request) -> Response<Body> {
+        let method = request.method().clone();
+        let path = request.uri().path().to_string();
+        let answer = self.dispatch(serves, request).await;
+        let response = answer.unwrap_or_else(Failure::into_response);
+        tracing::info!(%method, path, status = response.status().as_u16(), "request");
+        response
+    }
+
+    async fn dispatch(
+        &self,
+        serves: &[Endpoint],
+        request: Request,
+    ) -> Result<Response<Body>, Failure> {
+        let path = request.uri().path().to_string();
+        let method = request.method().clone();
+        let not_found = || Failure::new(StatusCode::NOT_FOUND, format!("no route for {path}"));
+        let (endpoint, allowed) = match route(&path).ok_or_else(not_found)? {
+            Route::Videos => (Endpoint::Submit, Method::POST),
+            Route::Video(_) => (Endpoint::Status, Method::GET),
+            Route::Finalize(_) => (Endpoint::Finalize, Method::POST),
+            Route::ForceFinalize(_) => (Endpoint::ForceFinalize, Method::POST),
+        };
+        if !serves.contains(&endpoint) {
+            return Err(not_found());
+        }
+        if method != allowed {
+            let mut response = Failure::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{path} accepts {allowed} only"),
+            )
+            .into_response();
+            response.headers_mut().insert(
+                http::header::ALLOW,
+                http::HeaderValue::from_str(allowed.as_str())
+                    .unwrap_or(http::HeaderValue::from_static("POST")),
+            );
+            return Ok(response);
+        }
+        let header = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.to_str().unwrap_or("\u{0}"));
+        let caller = self.verifier.verify(header)?;
+        let body = request.body().as_ref();
+        match route(&path).ok_or_else(not_found)? {
+            Route::Videos => self.submit(caller, body).await,
+            Route::Video(id) => self.status(caller, parse_id(id)?).await,
+            Route::Finalize(id) => self.finalize(caller, parse_id(id)?).await,
+            Route::ForceFinalize(id) => self.force_finalize(caller, parse_id(id)?, body).await,
+        }
+    }
+
+    async fn submit(&self, caller: Caller, body: &[u8]) -> Result<Response<Body>, Failure> {
+        if caller == Caller::Anonymous {
+            return Err(forbidden("this token names no user; sign in first"));
+        }
+        let fields = json_object(body)?;
+        only_fields(
+            &fields,
+            &["source", "durationSeconds", "videoId", "ownerId"],
+        )?;
+        let location = match fields.get("source") {
+            Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
+            Some(Value::String(_)) => return Err(Failure::field("source", "source is empty")),
+            Some(_) => {
+                return Err(Failure::field(
+                    "source",
+                    "source must be a string: a URL or a bucket key",
+                ))
+            }
+            None => {
+                return Err(Failure::field(
+                    "source",
+                    "source is missing: give the film's URL or bucket key",
+                ))
+            }
+        };
+        let duration = match fields.get("durationSeconds") {
+            None | Some(Value::Null) => None,
+            Some(v) => match v.as_f64() {
+                Some(d) if d.is_finite() && d > 0.0 => Some(d),
+                _ => {
+                    return Err(Failure::field(
+                        "durationSeconds",
+                        format!("durationSeconds must be a positive number of seconds, got {v}"),
+                    ))
+                }
+            },
+        };
+        let video_id = optional_uuid(&fields, "videoId")?;
+        let asked_owner = optional_uuid(&fields, "ownerId")?;
+        let owner = match caller {
+            Caller::Service => asked_owner,
+            Caller::User(id) => {
+                if asked_owner.is_some_and(|o| o != id) {
+                    return Err(forbidden("ownerId must be your own user id"));
+                }
+                Some(id)
+            }
+            Caller::Anonymous => return Err(forbidden("this token names no user")),
+        };
+        let video_id = video_id.unwrap_or_else(Uuid::new_v4);
+        let owner = match self.db.video_owner(video_id).await {
+            Ok(existing) if !caller.may_access(existing) => {
+                return Err(forbidden(format!(
+                    "video {video_id} belongs to another user"
+                )))
+            }
+            // The service resubmitting a film keeps its owner unless it
+            // names one.
+            Ok(existing) if caller == Caller::Service && asked_owner.is_none() => existing,
+            Ok(_) | Err(DbError::NotFound(_)) => owner,
+            Err(e) => return Err(e.into()),
+        };
+        let source = self.resolve_source(&location)?;
+        let probe_options = ProbeOptions {
+            timeout: self.probe.timeout.min(SUBMIT_PROBE_TIMEOUT),
+            ..self.probe.clone()
+        };
+        let media = probe::probe_with(Path::new(&source), &probe_options)
+            .await
+            .map_err(|e| {
+                if e.is_retryable() {
+                    Failure::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+                } else {
+                    Failure::field(
+                        "source",
+                        format!(
+                            "the source cannot be read as a video: {}",
+                            shown(&e.to_string(), &source, &location)
+                        ),
+                    )
+                }
+            })?;
+        if let Some(claimed) = duration {
+            let found = media.duration_seconds();
+            if (claimed - found).abs() > DURATION_TOLERANCE_SECONDS {
+                return Err(Failure::field(
+                    "durationSeconds",
+                    format!("durationSeconds is {claimed} but the film lasts {found:.3} s"),
+                ));
+            }
+        }
+        let submitted = self
+            .db
+            .submit_video(&Submission {
+                video_id,
+                owner_id: owner,
+                source: source.clone(),
+                media,
+                plan: self.plan,
+            })
+            .await?;
+        if submitted.enqueue {
+            let bodies: Vec<String> = (0..submitted.total_chunks)
+                .map(|chunk_index| {
+                    ChunkMessage {
+                        video_id,
+                        chunk_index,
+                    }
+                    .to_body()
+                })
+                .collect();
+            if let Err(e) = self.chunk_queue.send_all(&bodies).await {
+                tracing::error!(%video_id, error = %e, "cannot enqueue the chunks");
+                if let Err(release) = self.db.release_enqueue(video_id).await {
+                    tracing::warn!(%video_id, error = %release, "cannot release the enqueue claim; it runs out by itself");
+                }
+                return Err(Failure::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the film is registered but its chunks could not all be queued; submit it again with videoId {video_id}: {e}"),
+                ));
+            }
+            self.db.mark_enqueued(video_id).await?;
+            tracing::info!(%video_id, chunks = submitted.total_chunks, "film submitted and queued");
+        }
+        let status = if submitted.created {
+            StatusCode::ACCEPTED
+        } else {
+            StatusCode::OK
+        };
+        Ok(respond(
+            status,
+            &json!({
+                "videoId": video_id,
+                "totalChunks": submitted.total_chunks,
+                "created": submitted.created,
+                "ownerId": submitted.owner_id,
+                "status": format!("/videos/{video_id}"),
+            }),
+        ))
+    }
+
+    async fn status(&self, caller: Caller, video_id: Uuid) -> Result<Response<Body>, Failure> {
+        self.check_access(caller, video_id).await?;
+        let mut progress = self.db.chunk_progress(video_id).await?;
+        let sheet = self.db.get_sheet(video_id).await?;
+        progress["sheet"] = serde_json::to_value(sheet).unwrap_or(Value::Null);
+        Ok(respond(StatusCode::OK, &progress))
+    }
+
+    async fn finalize(&self, caller: Caller, video_id: Uuid) -> Result<Response<Body>, Failure> {
+        service_only(caller, "finalize")?;
+        let sheet = self.db.finalize(video_id).await?;
+        Ok(respond(StatusCode::OK, &json!({ "sheet": sheet })))
+    }
+
+    async fn force_finalize(
+        &self,
+        caller: Caller,
+        video_id: Uuid,
+        body: &[u8],
+    ) -> Result<Response<Body>, Failure> {
+        service_only(caller, "force-finalize")?;
+        let retry = if body.iter().all(u8::is_ascii_whitespace) {
+            false
+        } else {
+            let fields = json_object(body)?;
+            only_fields(&fields, &["retry"])?;
+            match fields.get("retry") {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => *b,
+                Some(v) => {
+                    return Err(Failure::field(
+                        "retry",
+                        format!("retry must be true or false, got {v}"),
+                    ))
+                }
+            }
+        };
+        if retry {
+            let open = self.db.unfinished_chunks(video_id).await?;
+            let bodies: Vec<String> = open
+                .iter()
+                .map(|&chunk_index| {
+                    ChunkMessage {
+                        video_id,
+                        chunk_index,
+                    }
+                    .to_body()
+                })
+                .collect();
+            self.chunk_queue.send_all(&bodies).await.map_err(|e| {
+                Failure::new(StatusCode::SERVICE_UNAVAILABLE, format!("queueing: {e}"))
+            })?;
+            tracing::info!(%video_id, chunks = ?open, "unfinished chunks queued again");
+            return Ok(respond(
+                StatusCode::ACCEPTED,
+                &json!({ "videoId": video_id, "requeuedChunks": open }),
+            ));
+        }
+        let forced = self.db.force_finalize(video_id, "force-finalized").await?;
+        tracing::info!(%video_id, chunks = ?forced.forced_chunks, "film force-finalized");
+        let sheet = self.db.finalize(video_id).await?;
+        Ok(respond(
+            StatusCode::OK,
+            &json!({ "forcedChunks": forced.forced_chunks, "sheet": sheet }),
+        ))
+    }
+
+    async fn check_access(&self, caller: Caller, video_id: Uuid) -> Result<(), Failure> {
+        let owner = self.db.video_owner(video_id).await?;
+        if caller.may_access(owner) {
+            Ok(())
+        } else {
+            Err(forbidden(format!(
+                "video {video_id} belongs to another user"
+            )))
+        }
+    }
+
+    /// Turns a submitted location into what ffmpeg reads: an `http(s)` URL
+    /// as it is, a bucket key under `SHOTLIST_SOURCE_ROOT`.
+    fn resolve_source(&self, location: &str) -> Result<String, Failure> {
+        let bad = |detail: String| Failure::field("source", detail);
+        if location.chars().any(char::is_control) {
+            return Err(bad("source contains control characters".into()));
+        }
+        if location.starts_with("http://") || location.starts_with("https://") {
+            if location.chars().any(char::is_whitespace) {
+                return Err(bad("source URL contains spaces".into()));
+            }
+            return Ok(location.to_string());
+        }
+        if location.contains("://") {
+            return Err(bad(format!(
+                "source {location:?} uses a scheme other than http or https; give an http(s) URL or a bucket key"
+            )));
+        }
+        let key = Path::new(location);
+        let plain = key
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+        if !plain || location.starts_with('/') || location.contains('\\') {
+            return Err(bad(format!(
+                "source {location:?} is not a plain bucket key: no leading '/', no '..'"
+            )));
+        }
+        match &self.source_root {
+            Some(SourceRoot::Folder(root)) => Ok(root.join(key).to_string_lossy().into_owned()),
+            Some(SourceRoot::Url(root)) => Ok(format!("{root}/{location}")),
+            None => Err(bad(format!(
+                "source {location:?} is a bucket key, but this deployment has no SHOTLIST_SOURCE_ROOT; give an http(s) URL"
+            ))),
+        }
+    }
+}
+
+/// A probe error mentions the resolved path; a user sees their own key.
+fn shown(message: &str, resolved: &str, location: &str) -> String {
+    message.replace(resolved, location)
+}
+
+fn parse_id(id: &str) -> Result<Uuid, Failure> {
+    Uuid::parse_str(id).map_err(|_| Failure::field("id", format!("video id {id:?} is not a UUID")))
+}
+
+fn forbidden(message: impl Into<String>) -> Failure {
+    Failure::new(StatusCode::FORBIDDEN, message)
+}
+
+fn service_only(caller: Caller, what: &str) -> Result<(), Failure> {
+    if caller == Caller::Service {
+        Ok(())
+    } else {
+        Err(forbidden(format!("{what} needs the service role")))
+    }
+}
+
+fn json_object(body: &[u8]) -> Result<Map<String, Value>, Failure> {
+    let bad = |detail: String| Failure::new(StatusCode::BAD_REQUEST, detail);
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(bad("the request body is empty; send a JSON object".into()));
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(other) => Err(bad(format!(
+            "the request body must be a JSON object, got {}",
+            kind(&other)
+        ))),
+        Err(e) => Err(bad(format!("the request body is not valid JSON: {e}"))),
+    }
+}
+
+fn only_fields(fields: &Map<String, Value>, known: &[&'static str]) -> Result<(), Failure> {
+    match fields.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(unknown) => Err(Failure::new(
+            StatusCode::BAD_REQUEST,
+            format!("unknown field {unknown:?}; expected {}", known.join(", ")),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn optional_uuid(fields: &Map<String, Value>, name: &'static str) -> Result<Option<Uuid>, Failure> {
+    match fields.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Uuid::parse_str(s)
+            .map(Some)
+            .map_err(|_| Failure::field(name, format!("{name} {s:?} is not a UUID"))),
+        Some(v) => Err(Failure::field(
+            name,
+            format!("{name} must be a UUID string, got {}", kind(v)),
+        )),
+    }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_match_with_or_without_a_stage() {
+        assert_eq!(route("/videos"), Some(Route::Videos));
+        assert_eq!(route("/prod/videos/"), Some(Route::Videos));
+        assert_eq!(route("/videos/abc"), Some(Route::Video("abc")));
+        assert_eq!(route("/videos/abc/finalize"), Some(Route::Finalize("abc")));
+        assert_eq!(
+            route("/videos/abc/force-finalize"),
+            Some(Route::ForceFinalize("abc"))
+        );
+        assert_eq!(route("/films"), None);
+        assert_eq!(route("/videos/a/b/c"), None);
+    }
+
+    #[test]
+    fn source_roots_parse() {
+        assert_eq!(SourceRoot::parse(" "), None);
+        assert_eq!(
+            SourceRoot::parse("https://b.example/films/"),
+            Some(SourceRoot::Url("https://b.example/films".into()))
+        );
+        assert_eq!(
+            SourceRoot::parse("/mnt/films"),
+            Some(SourceRoot::Folder("/mnt/films".into()))
+        );
+    }
+}
