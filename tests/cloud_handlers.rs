@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
-use shotlist_shared::cloud::chunk::{ChunkHandler, RecordOutcome, DEADLINE_MARGIN};
+use shotlist_shared::cloud::chunk::{
+    ChunkHandler, RecordOutcome, Redelivery, Wait, BUSY_DELAY, DEADLINE_MARGIN,
+};
 use shotlist_shared::cloud::finalize::FinalizeHandler;
 use shotlist_shared::db::{Claim, Db};
 use shotlist_shared::worker::WorkerConfig;
@@ -27,8 +29,32 @@ struct Setup {
     db: Db,
     analyzer: Arc<ScriptedAnalyzer>,
     finalize_queue: Arc<RecordingQueue>,
+    redelivery: Arc<Delays>,
     handler: ChunkHandler,
     video_id: Uuid,
+}
+
+/// Records the retry delays the handler asks for, by receipt handle.
+#[derive(Default)]
+struct Delays(std::sync::Mutex<Vec<(String, Duration)>>);
+
+#[async_trait::async_trait]
+impl Redelivery for Delays {
+    async fn redeliver_after(&self, receipt_handle: &str, delay: Duration) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((receipt_handle.to_string(), delay));
+    }
+}
+
+impl Delays {
+    fn taken(&self) -> Vec<(String, u64)> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+            .into_iter()
+            .map(|(receipt, delay)| (receipt, delay.as_secs()))
+            .collect()
+    }
 }
 
 async fn setup() -> Setup {
@@ -36,6 +62,7 @@ async fn setup() -> Setup {
     let video_id = fixtures::described_film(&db, FRAMES, "25/1").await;
     let analyzer = ScriptedAnalyzer::new();
     let finalize_queue = RecordingQueue::new();
+    let redelivery = Arc::new(Delays::default());
     let handler = ChunkHandler {
         db: db.clone(),
         analyzer: analyzer.clone(),
@@ -48,11 +75,13 @@ async fn setup() -> Setup {
         },
         max_receives: 5,
         queue_name: QUEUE.into(),
+        redelivery: Some(redelivery.clone()),
     };
     Setup {
         db,
         analyzer,
         finalize_queue,
+        redelivery,
         handler,
         video_id,
     }
@@ -260,7 +289,10 @@ async fn the_last_delivery_fails_the_chunk_with_its_error_and_is_left_for_the_dl
     }
     let last = sqs_message("m2", &chunk_body(s.video_id, 2), 5);
     let outcome = s.handler.handle_record("m2", &last, None).await;
-    assert!(matches!(outcome, RecordOutcome::Retry(_)), "{outcome:?}");
+    assert!(
+        matches!(outcome, RecordOutcome::Retry { .. }),
+        "{outcome:?}"
+    );
     let failed = chunk(&s.db, s.video_id, 2).await;
     assert_eq!(failed["status"], "failed", "{failed}");
     assert!(
@@ -282,7 +314,16 @@ async fn work_stops_before_the_deadline_and_the_chunk_goes_back_for_retry() {
     let soon = SystemTime::now() + DEADLINE_MARGIN + Duration::from_secs(1);
     let record = sqs_message("m0", &chunk_body(s.video_id, 0), 1);
     let outcome = s.handler.handle_record("m0", &record, Some(soon)).await;
-    assert!(matches!(outcome, RecordOutcome::Retry(_)), "{outcome:?}");
+    assert!(
+        matches!(
+            outcome,
+            RecordOutcome::Retry {
+                wait: Wait::Now,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
     assert_eq!(s.analyzer.runs(0), 0);
     assert_eq!(chunk(&s.db, s.video_id, 0).await["attempts"], 0);
     // Time for a short try: the analysis is cut before the deadline, the
@@ -290,7 +331,16 @@ async fn work_stops_before_the_deadline_and_the_chunk_goes_back_for_retry() {
     let started = std::time::Instant::now();
     let later = SystemTime::now() + DEADLINE_MARGIN + Duration::from_secs(6);
     let outcome = s.handler.handle_record("m0", &record, Some(later)).await;
-    assert!(matches!(outcome, RecordOutcome::Retry(_)), "{outcome:?}");
+    assert!(
+        matches!(
+            outcome,
+            RecordOutcome::Retry {
+                wait: Wait::Backoff,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
     assert!(
         started.elapsed() < Duration::from_secs(60),
         "the analysis was cut"
@@ -375,4 +425,34 @@ async fn finalize_messages_that_cannot_be_served_are_recorded_not_retried() {
     assert_eq!(rejected.len(), 3, "{rejected:?}");
     let f3 = rejected.iter().find(|r| r.message_id == "f3").unwrap();
     assert!(f3.error.contains("not finished"), "{}", f3.error);
+}
+
+#[tokio::test]
+async fn retries_come_back_after_a_doubling_backoff_and_a_held_chunk_after_a_minute() {
+    let s = setup().await;
+    s.analyzer
+        .script(0, Script::Transient("500 INTERNAL".into()));
+    for (receive, wait) in [(1, 30), (2, 60), (3, 120)] {
+        let event = sqs_event(vec![sqs_record("m0", &chunk_body(s.video_id, 0), receive)]);
+        assert_eq!(failures(&s.handler.handle(event, None).await), vec!["m0"]);
+        assert_eq!(s.redelivery.taken(), vec![("AQEBm0".to_string(), wait)]);
+    }
+    // Another worker holds chunk 1: its duplicate waits a minute.
+    let Claim::Claimed(_) =
+        s.db.claim_chunk(s.video_id, 1, Duration::from_secs(600), 10)
+            .await
+            .unwrap()
+    else {
+        panic!("claimable")
+    };
+    let event = sqs_event(vec![sqs_record("m1", &chunk_body(s.video_id, 1), 1)]);
+    assert_eq!(failures(&s.handler.handle(event, None).await), vec!["m1"]);
+    assert_eq!(
+        s.redelivery.taken(),
+        vec![("AQEBm1".to_string(), BUSY_DELAY.as_secs())]
+    );
+    // Acknowledged messages are left alone.
+    let event = sqs_event(vec![sqs_record("m2", &chunk_body(s.video_id, 2), 1)]);
+    assert!(failures(&s.handler.handle(event, None).await).is_empty());
+    assert!(s.redelivery.taken().is_empty());
 }

@@ -18,10 +18,18 @@
 //!   dead-letter queue.
 //!
 //! The commit that finishes the film sends one message to the finalize queue.
+//!
+//! A message listed for retry would come back only when the queue's
+//! visibility timeout (6x the function timeout: 30 minutes) runs out. With a
+//! [`Redelivery`], the handler brings it back sooner: after a back-off that
+//! doubles with every delivery (30 s, 1 min, 2 min, ... at most 15 min), a
+//! minute for a chunk another worker holds, and at once for one that did not
+//! fit before the deadline.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use async_trait::async_trait;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use tracing::Instrument;
 
@@ -38,6 +46,56 @@ pub const DEADLINE_MARGIN: Duration = Duration::from_secs(20);
 /// The least analysis time worth claiming a chunk for.
 pub const MIN_ANALYSIS_TIME: Duration = Duration::from_secs(5);
 
+/// The first retry's delay; each later delivery waits twice as long.
+pub const RETRY_BACKOFF_BASE: Duration = Duration::from_secs(30);
+
+/// The longest retry delay.
+pub const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(900);
+
+/// How long a delivery that found the chunk held by another worker waits.
+pub const BUSY_DELAY: Duration = Duration::from_secs(60);
+
+/// Brings a message listed for retry back after `delay` instead of after
+/// the queue's visibility timeout (SQS: ChangeMessageVisibility).
+#[async_trait]
+pub trait Redelivery: Send + Sync {
+    async fn redeliver_after(&self, receipt_handle: &str, delay: Duration);
+}
+
+/// [`Redelivery`] on an SQS queue.
+pub struct SqsRedelivery {
+    pub client: aws_sdk_sqs::Client,
+    pub queue_url: String,
+}
+
+#[async_trait]
+impl Redelivery for SqsRedelivery {
+    async fn redeliver_after(&self, receipt_handle: &str, delay: Duration) {
+        let seconds = i32::try_from(delay.as_secs()).unwrap_or(i32::MAX);
+        let changed = self
+            .client
+            .change_message_visibility()
+            .queue_url(&self.queue_url)
+            .receipt_handle(receipt_handle)
+            .visibility_timeout(seconds)
+            .send()
+            .await;
+        if let Err(e) = changed {
+            // The message still comes back, after the visibility timeout.
+            tracing::warn!(
+                error = %crate::cloud::queue::describe_sdk_error(&e),
+                "could not set the retry delay"
+            );
+        }
+    }
+}
+
+/// The wait before delivery number `receives + 1` of a failed message.
+pub fn backoff(receives: u32) -> Duration {
+    let doublings = receives.saturating_sub(1).min(16);
+    (RETRY_BACKOFF_BASE * 2u32.pow(doublings)).min(RETRY_BACKOFF_MAX)
+}
+
 /// Everything the chunk handler needs; built once per Lambda instance.
 #[derive(Clone)]
 pub struct ChunkHandler {
@@ -50,6 +108,9 @@ pub struct ChunkHandler {
     pub max_receives: u32,
     /// The chunk queue's name, under which rejected messages are recorded.
     pub queue_name: String,
+    /// Brings retried messages back sooner; `None` leaves that to the
+    /// queue's visibility timeout.
+    pub redelivery: Option<Arc<dyn Redelivery>>,
 }
 
 /// What became of one record.
@@ -57,8 +118,29 @@ pub struct ChunkHandler {
 pub enum RecordOutcome {
     /// Done with: Lambda deletes the message.
     Acknowledged(&'static str),
-    /// To be delivered again (listed in `batchItemFailures`).
-    Retry(String),
+    /// To be delivered again (listed in `batchItemFailures`); how soon, when
+    /// the handler has a [`Redelivery`], depends on `wait`.
+    Retry { reason: String, wait: Wait },
+}
+
+impl RecordOutcome {
+    fn retry(reason: impl Into<String>) -> RecordOutcome {
+        RecordOutcome::Retry {
+            reason: reason.into(),
+            wait: Wait::Backoff,
+        }
+    }
+}
+
+/// Why a record is to be delivered again, which sets how soon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Did not fit before the deadline: at once.
+    Now,
+    /// Another worker holds the chunk.
+    Busy,
+    /// A failure that may pass: back off.
+    Backoff,
 }
 
 impl ChunkHandler {
@@ -78,8 +160,18 @@ impl ChunkHandler {
                 RecordOutcome::Acknowledged(why) => {
                     tracing::info!(message_id = %id, outcome = why, "message acknowledged")
                 }
-                RecordOutcome::Retry(why) => {
-                    tracing::warn!(message_id = %id, reason = %why, "message left for retry");
+                RecordOutcome::Retry { reason: why, wait } => {
+                    let delay = match wait {
+                        Wait::Now => Duration::ZERO,
+                        Wait::Busy => BUSY_DELAY,
+                        Wait::Backoff => backoff(receive_count(&record)),
+                    };
+                    tracing::warn!(message_id = %id, reason = %why, retry_in_s = delay.as_secs(), "message left for retry");
+                    if let (Some(redelivery), Some(receipt)) =
+                        (&self.redelivery, record.receipt_handle.as_deref())
+                    {
+                        redelivery.redeliver_after(receipt, delay).await;
+                    }
                     response.add_failure(id);
                 }
             }
@@ -112,7 +204,10 @@ impl ChunkHandler {
                 .unwrap_or_default()
                 .saturating_sub(DEADLINE_MARGIN);
             if left < MIN_ANALYSIS_TIME {
-                return RecordOutcome::Retry("too little time left in this invocation".into());
+                return RecordOutcome::Retry {
+                    reason: "too little time left in this invocation".into(),
+                    wait: Wait::Now,
+                };
             }
             config.chunk_timeout = config.chunk_timeout.min(left);
             config.lease = config.lease.max(config.chunk_timeout + DEADLINE_MARGIN);
@@ -145,7 +240,7 @@ impl ChunkHandler {
         {
             Ok(done) => done,
             Err(e) if e.is_retryable() || matches!(e, DbError::NotReady(_)) => {
-                return RecordOutcome::Retry(format!("database: {e}"))
+                return RecordOutcome::retry(format!("database: {e}"))
             }
             Err(e) => {
                 // An unknown film or chunk, or arguments the database
@@ -169,8 +264,11 @@ impl ChunkHandler {
                 }
                 RecordOutcome::Acknowledged("duplicate: chunk already terminal")
             }
-            Done::Busy => RecordOutcome::Retry("another worker holds the chunk".into()),
-            Done::Retry { error } => RecordOutcome::Retry(error),
+            Done::Busy => RecordOutcome::Retry {
+                reason: "another worker holds the chunk".into(),
+                wait: Wait::Busy,
+            },
+            Done::Retry { error } => RecordOutcome::retry(error),
             Done::LeaseLost => RecordOutcome::Acknowledged("another worker took the chunk over"),
         }
     }
@@ -180,7 +278,7 @@ impl ChunkHandler {
     fn after_terminal(&self, done: &Done, config: &WorkerConfig) -> RecordOutcome {
         match done {
             Done::Failed { error, .. } if config.final_attempt => {
-                RecordOutcome::Retry(format!("last delivery failed the chunk: {error}"))
+                RecordOutcome::retry(format!("last delivery failed the chunk: {error}"))
             }
             Done::Failed { .. } => RecordOutcome::Acknowledged("chunk failed for good"),
             _ => RecordOutcome::Acknowledged("chunk completed"),
@@ -202,7 +300,7 @@ impl ChunkHandler {
                     .finalize(video_id)
                     .await
                     .map(|_| ())
-                    .map_err(|e| RecordOutcome::Retry(format!("finalizing: {e}")))
+                    .map_err(|e| RecordOutcome::retry(format!("finalizing: {e}")))
             }
         }
     }
@@ -210,7 +308,7 @@ impl ChunkHandler {
     /// Finalizes a finished film that has no sheet yet. Finalizing is
     /// idempotent, so racing the finalize function is harmless.
     async fn finalize_if_forgotten(&self, video_id: uuid::Uuid) -> Result<(), RecordOutcome> {
-        let retry = |e: DbError| RecordOutcome::Retry(format!("database: {e}"));
+        let retry = |e: DbError| RecordOutcome::retry(format!("database: {e}"));
         let progress = self.db.chunk_progress(video_id).await.map_err(retry)?;
         if progress["finished"].as_bool() != Some(true) {
             return Ok(());
@@ -230,7 +328,7 @@ impl ChunkHandler {
             .await
         {
             Ok(()) => RecordOutcome::Acknowledged("rejected and recorded"),
-            Err(e) => RecordOutcome::Retry(format!("cannot record the rejected message: {e}")),
+            Err(e) => RecordOutcome::retry(format!("cannot record the rejected message: {e}")),
         }
     }
 }
@@ -242,4 +340,17 @@ pub fn receive_count(record: &SqsMessage) -> u32 {
         .get("ApproximateReceiveCount")
         .and_then(|n| n.parse().ok())
         .unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backoff_doubles_up_to_fifteen_minutes() {
+        let waits: Vec<u64> = (1..=7).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(waits, [30, 60, 120, 240, 480, 900, 900]);
+        assert_eq!(backoff(0).as_secs(), 30);
+        assert_eq!(backoff(u32::MAX).as_secs(), 900);
+    }
 }

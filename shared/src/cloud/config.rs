@@ -6,7 +6,7 @@
 //! | `DATABASE_URL`         | all                              | PostgreSQL URL (Supabase: the pooler, `sslmode=require`) |
 //! | `DATABASE_CA_CERT`     | all (optional)                   | PEM file of an extra trusted root for the database |
 //! | `SUPABASE_JWT_SECRET`  | submit, status, finalize, force-finalize | the project's JWT secret (HS256) |
-//! | `CHUNK_QUEUE_URL`      | submit, force-finalize           | the chunk queue |
+//! | `CHUNK_QUEUE_URL`      | submit, force-finalize, process-chunk | the chunk queue (process-chunk: to set retry delays) |
 //! | `FINALIZE_QUEUE_URL`   | process-chunk                    | the finalize queue |
 //! | `CHUNK_MAX_RECEIVES`   | process-chunk (default 5)        | the chunk queue's `maxReceiveCount` |
 //! | `SHOTLIST_ANALYZER`    | process-chunk (default `local`)  | which analyzer runs |
@@ -18,7 +18,7 @@ use crate::analyzer::local::LocalAnalyzer;
 use crate::analyzer::Analyzer;
 use crate::cloud::api::{Api, SourceRoot};
 use crate::cloud::auth::Verifier;
-use crate::cloud::chunk::ChunkHandler;
+use crate::cloud::chunk::{ChunkHandler, Redelivery, SqsRedelivery};
 use crate::cloud::finalize::FinalizeHandler;
 use crate::cloud::queue::{sqs_client, MessageQueue, SqsQueue};
 use crate::db::Db;
@@ -108,9 +108,19 @@ pub async fn chunk_handler() -> Result<ChunkHandler, ConfigError> {
     let max_receives = max_receives()?;
     let db = database().await?;
     let (finalize_queue, _) = queue("FINALIZE_QUEUE_URL").await?;
-    let queue_name = optional("CHUNK_QUEUE_URL")
-        .map(|u| queue_name(&u))
+    let chunk_queue_url = optional("CHUNK_QUEUE_URL");
+    let queue_name = chunk_queue_url
+        .as_deref()
+        .map(queue_name)
         .unwrap_or_else(|| "chunks".into());
+    // Without the queue's URL, retries wait out its visibility timeout.
+    let redelivery = match chunk_queue_url {
+        Some(queue_url) => Some(Arc::new(SqsRedelivery {
+            client: sqs_client(None).await,
+            queue_url,
+        }) as Arc<dyn Redelivery>),
+        None => None,
+    };
     Ok(ChunkHandler {
         db,
         analyzer,
@@ -118,6 +128,7 @@ pub async fn chunk_handler() -> Result<ChunkHandler, ConfigError> {
         worker: WorkerConfig::default(),
         max_receives,
         queue_name,
+        redelivery,
     })
 }
 

@@ -163,6 +163,8 @@ impl LocalCloud {
             worker: options.worker,
             max_receives: options.max_receives,
             queue_name: format!("{}-chunks", options.queue_prefix),
+            // The mapping brings failed messages back after `retry_delay`.
+            redelivery: None,
         };
         let finalize = FinalizeHandler {
             db: db.clone(),
