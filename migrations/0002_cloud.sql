@@ -17,6 +17,9 @@ ALTER TABLE shotlist.videos ADD COLUMN IF NOT EXISTS enqueued_at timestamptz;
 -- concurrent submissions of a new film exactly one sends them. A holder that
 -- died lets the claim run out; one that failed to send releases it.
 ALTER TABLE shotlist.videos ADD COLUMN IF NOT EXISTS enqueue_claimed_until timestamptz;
+-- The request that holds that claim: the same request repeating its call
+-- (its answer was lost on the way) keeps the claim.
+ALTER TABLE shotlist.videos ADD COLUMN IF NOT EXISTS enqueue_claimed_by uuid;
 
 -- Messages a handler could not use (malformed body, unknown film), kept for
 -- operators. One row per message: a redelivery counts, it does not add a row.
@@ -41,7 +44,8 @@ CREATE TABLE IF NOT EXISTS shotlist.rejected_messages (
 -- whether its chunk messages were all sent already (mark_enqueued), and
 -- "enqueue" tells this caller to send them now: it is true for one caller at
 -- a time while they are not sent (a two-minute claim; release_enqueue gives
--- it back after a failed send).
+-- it back after a failed send). The same p_request_id repeating its call gets
+-- "enqueue" again.
 --
 -- Submitting the same film again with the same facts changes nothing. Another
 -- owner (NULL and an owner differ too), another source, another plan or
@@ -60,7 +64,8 @@ CREATE OR REPLACE FUNCTION public.submit_video(
     p_fps_num integer,
     p_fps_den integer,
     p_duration_frames bigint,
-    p_media jsonb
+    p_media jsonb,
+    p_request_id uuid DEFAULT NULL
 ) RETURNS jsonb
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -105,10 +110,13 @@ BEGIN
     END IF;
     -- Under the advisory lock: one caller at a time decides the claim.
     UPDATE shotlist.videos
-    SET enqueue_claimed_until = now() + interval '2 minutes'
+    SET enqueue_claimed_until = now() + interval '2 minutes',
+        enqueue_claimed_by = p_request_id
     WHERE video_id = p_video_id
       AND enqueued_at IS NULL
-      AND (enqueue_claimed_until IS NULL OR enqueue_claimed_until < now());
+      AND (enqueue_claimed_until IS NULL
+           OR enqueue_claimed_until < now()
+           OR enqueue_claimed_by = p_request_id);
     v_enqueue := FOUND;
     v_video := shotlist.video_row(p_video_id);
     RETURN jsonb_build_object(
@@ -341,7 +349,7 @@ REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA shotlist FROM PUBLIC, anon, authentica
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA shotlist TO service_role;
 REVOKE EXECUTE ON FUNCTION
     public.submit_video(uuid, uuid, double precision, double precision, double precision, text, integer, integer,
-                        bigint, jsonb),
+                        bigint, jsonb, uuid),
     public.mark_enqueued(uuid),
     public.release_enqueue(uuid),
     public.video_owner(uuid),
@@ -352,7 +360,7 @@ REVOKE EXECUTE ON FUNCTION
 FROM PUBLIC, anon, authenticated;
 GRANT EXECUTE ON FUNCTION
     public.submit_video(uuid, uuid, double precision, double precision, double precision, text, integer, integer,
-                        bigint, jsonb),
+                        bigint, jsonb, uuid),
     public.mark_enqueued(uuid),
     public.release_enqueue(uuid),
     public.video_owner(uuid),

@@ -48,6 +48,7 @@ async fn setup() -> Setup {
         source_root: Some(SourceRoot::Folder(film.path.parent().unwrap().into())),
         plan: PlanParams::default(),
         probe: ProbeOptions::default(),
+        allow_private_sources: false,
     };
     let key = film
         .path
@@ -115,6 +116,7 @@ async fn submit_registers_the_film_and_queues_every_chunk_once() {
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["totalChunks"], 2);
     assert_eq!(body["created"], true);
+    assert_eq!(body["queued"], true);
     assert_eq!(body["ownerId"], owner.to_string());
     let id = body["videoId"].as_str().unwrap().to_string();
     let sent = s.queue.sent();
@@ -496,6 +498,10 @@ async fn finalize_answers_409_until_the_film_is_finished_then_the_same_sheet() {
     assert_eq!(status, 200);
     assert_eq!(first, second, "finalizing again returns the same sheet");
     assert_eq!(first["sheet"]["status"], "complete");
+    assert_eq!(
+        first["sheet"]["source"], s.key,
+        "the key, not the server's folder"
+    );
     let (_, progress) = s
         .call(
             "GET",

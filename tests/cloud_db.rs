@@ -334,7 +334,7 @@ async fn a_film_registered_by_the_cli_can_be_submitted_again_without_an_owner() 
         (18, false, None)
     );
     // Its chunks were never queued: this submission is told to queue them,
-    // and that claim is all that changed.
+    // and that claim (until when, and by which request) is all that changed.
     assert!(answer.enqueue && !answer.enqueued);
     let mut after = film_rows(&client, id).await;
     assert!(
@@ -342,6 +342,8 @@ async fn a_film_registered_by_the_cli_can_be_submitted_again_without_an_owner() 
         "{after}"
     );
     after["video"]["enqueue_claimed_until"] = Value::Null;
+    assert!(after["video"]["enqueue_claimed_by"].is_string(), "{after}");
+    after["video"]["enqueue_claimed_by"] = Value::Null;
     assert_eq!(after, before);
 }
 
@@ -994,5 +996,38 @@ async fn the_claim_to_send_the_chunk_messages_is_released_after_a_failed_send_an
             .await
             .unwrap()
             .enqueue
+    );
+}
+
+#[tokio::test]
+async fn the_same_request_repeating_its_submit_keeps_the_claim_to_send() {
+    // A submit whose answer was lost is repeated by the same request: it
+    // must still be told to send, or nobody would for two minutes.
+    let (db, url) = fresh_db().await;
+    db.migrate().await.unwrap();
+    let client = connect(&url).await;
+    let id = Uuid::new_v4();
+    let submit = |request: Uuid| {
+        let client = &client;
+        async move {
+            let row = client
+                .query_typed_one(
+                    "SELECT public.submit_video($1, NULL, 100, 180, 15, 's', 25, 1, 2500, '{}', $2)",
+                    &[(&id, Type::UUID), (&request, Type::UUID)],
+                )
+                .await
+                .unwrap();
+            row.get::<_, Value>(0)["enqueue"].as_bool().unwrap()
+        }
+    };
+    let (first, other) = (Uuid::new_v4(), Uuid::new_v4());
+    assert!(submit(first).await, "the first request sends");
+    assert!(
+        submit(first).await,
+        "and keeps the claim when it repeats itself"
+    );
+    assert!(
+        !submit(other).await,
+        "another request does not send meanwhile"
     );
 }

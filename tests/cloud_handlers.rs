@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 use shotlist_shared::cloud::chunk::{
-    ChunkHandler, RecordOutcome, Redelivery, Wait, BUSY_DELAY, DEADLINE_MARGIN,
+    ChunkHandler, RecordOutcome, Redelivery, Wait, DEADLINE_MARGIN,
 };
 use shotlist_shared::cloud::finalize::FinalizeHandler;
 use shotlist_shared::db::{Claim, Db};
@@ -428,7 +428,7 @@ async fn finalize_messages_that_cannot_be_served_are_recorded_not_retried() {
 }
 
 #[tokio::test]
-async fn retries_come_back_after_a_doubling_backoff_and_a_held_chunk_after_a_minute() {
+async fn retries_come_back_after_a_doubling_backoff_and_a_held_chunk_after_a_lease() {
     let s = setup().await;
     s.analyzer
         .script(0, Script::Transient("500 INTERNAL".into()));
@@ -437,7 +437,8 @@ async fn retries_come_back_after_a_doubling_backoff_and_a_held_chunk_after_a_min
         assert_eq!(failures(&s.handler.handle(event, None).await), vec!["m0"]);
         assert_eq!(s.redelivery.taken(), vec![("AQEBm0".to_string(), wait)]);
     }
-    // Another worker holds chunk 1: its duplicate waits a minute.
+    // Another worker holds chunk 1: its duplicate waits as long as a lease
+    // lasts, by when the holder has finished or its lease has run out.
     let Claim::Claimed(_) =
         s.db.claim_chunk(s.video_id, 1, Duration::from_secs(600), 10)
             .await
@@ -449,10 +450,42 @@ async fn retries_come_back_after_a_doubling_backoff_and_a_held_chunk_after_a_min
     assert_eq!(failures(&s.handler.handle(event, None).await), vec!["m1"]);
     assert_eq!(
         s.redelivery.taken(),
-        vec![("AQEBm1".to_string(), BUSY_DELAY.as_secs())]
+        vec![("AQEBm1".to_string(), s.handler.worker.lease.as_secs())]
     );
     // Acknowledged messages are left alone.
     let event = sqs_event(vec![sqs_record("m2", &chunk_body(s.video_id, 2), 1)]);
     assert!(failures(&s.handler.handle(event, None).await).is_empty());
     assert!(s.redelivery.taken().is_empty());
+}
+
+#[tokio::test]
+async fn a_worker_whose_lease_was_taken_over_leaves_its_message_for_retry() {
+    let mut s = setup().await;
+    s.handler.worker.lease = Duration::from_secs(1);
+    s.analyzer
+        .script(0, Script::Slow(Duration::from_millis(2_500)));
+    let record = sqs_message("m0", &chunk_body(s.video_id, 0), 1);
+    let handler = s.handler.clone();
+    let work = tokio::spawn(async move { handler.handle_record("m0", &record, None).await });
+    // The slow worker's lease runs out and another worker takes the chunk.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let claim =
+        s.db.claim_chunk(s.video_id, 0, Duration::from_secs(600), 10)
+            .await
+            .unwrap();
+    assert!(matches!(claim, Claim::Claimed(_)), "{claim:?}");
+    // Its commit is refused; the message must not be deleted, or the chunk
+    // would depend on the new holder alone.
+    let outcome = work.await.unwrap();
+    assert!(
+        matches!(
+            outcome,
+            RecordOutcome::Retry {
+                wait: Wait::Backoff,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    assert_eq!(chunk(&s.db, s.video_id, 0).await["status"], "processing");
 }

@@ -420,6 +420,26 @@ fn functions_may_send_to_the_queues_they_feed() {
 }
 
 #[test]
+fn process_chunk_may_set_the_retry_delay_on_its_queue() {
+    // ChangeMessageVisibility comes with SQSPollerPolicy, not with the
+    // permissions SAM gives an SQS event source.
+    let t = Template::load();
+    let chunk_queue = queue_in_env(&t, "process-chunk", "CHUNK_QUEUE_URL");
+    let (id, function) = t.function_named("process-chunk");
+    let pollers: BTreeSet<String> = function["Properties"]["Policies"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| target(&p["SQSPollerPolicy"]["QueueName"]))
+        .map(str::to_string)
+        .collect();
+    assert!(
+        pollers.contains(&chunk_queue),
+        "{id} has SQSPollerPolicy on {chunk_queue}"
+    );
+}
+
+#[test]
 fn every_route_reaches_its_function() {
     let t = Template::load();
     let apis: Vec<_> = t

@@ -491,9 +491,12 @@ impl Db {
         // The same duration register_film gives, so that both agree.
         let duration = crate::plan::duration_seconds(media.duration_frames, media.fps);
         let (num, den) = (media.fps.num() as i32, media.fps.den() as i32);
+        // One id for this request: if its answer is lost and `call` repeats
+        // it, the repetition keeps the claim to send the chunk messages.
+        let request_id = Uuid::new_v4();
         self.call(
             what,
-            "SELECT public.submit_video($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            "SELECT public.submit_video($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             &[
                 (&submission.video_id, Type::UUID),
                 (&submission.owner_id, Type::UUID),
@@ -505,6 +508,7 @@ impl Db {
                 (&den, Type::INT4),
                 (&media.duration_frames, Type::INT8),
                 (&media_json, Type::JSONB),
+                (&request_id, Type::UUID),
             ],
         )
         .await

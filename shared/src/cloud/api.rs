@@ -83,6 +83,10 @@ pub struct Api {
     pub source_root: Option<SourceRoot>,
     pub plan: PlanParams,
     pub probe: ProbeOptions,
+    /// Whether `http(s)` sources may be on loopback, private or link-local
+    /// addresses. Off in the cloud: the functions would fetch whatever a
+    /// caller names, including services only they can reach.
+    pub allow_private_sources: bool,
 }
 
 /// A request that went wrong, as the answer to send.
@@ -298,6 +302,9 @@ impl Api {
             Err(e) => return Err(e.into()),
         };
         let source = self.resolve_source(&location)?;
+        if probe::is_remote(Path::new(&source)) && !self.allow_private_sources {
+            check_public_host(&source).await?;
+        }
         let probe_options = ProbeOptions {
             timeout: self.probe.timeout.min(SUBMIT_PROBE_TIMEOUT),
             ..self.probe.clone()
@@ -359,7 +366,11 @@ impl Api {
             self.db.mark_enqueued(video_id).await?;
             tracing::info!(%video_id, chunks = submitted.total_chunks, "film submitted and queued");
         }
-        let status = if submitted.created {
+        // Not queued yet when another submission of the same film holds the
+        // claim to queue it (it may have died: the claim then runs out in
+        // two minutes, and submitting again queues the chunks).
+        let queued = submitted.enqueued || submitted.enqueue;
+        let status = if submitted.created || !queued {
             StatusCode::ACCEPTED
         } else {
             StatusCode::OK
@@ -370,6 +381,7 @@ impl Api {
                 "videoId": video_id,
                 "totalChunks": submitted.total_chunks,
                 "created": submitted.created,
+                "queued": queued,
                 "ownerId": submitted.owner_id,
                 "status": format!("/videos/{video_id}"),
             }),
@@ -379,14 +391,18 @@ impl Api {
     async fn status(&self, caller: Caller, video_id: Uuid) -> Result<Response<Body>, Failure> {
         self.check_access(caller, video_id).await?;
         let mut progress = self.db.chunk_progress(video_id).await?;
-        let sheet = self.db.get_sheet(video_id).await?;
+        let sheet = self
+            .db
+            .get_sheet(video_id)
+            .await?
+            .map(|s| self.shown_sheet(s));
         progress["sheet"] = serde_json::to_value(sheet).unwrap_or(Value::Null);
         Ok(respond(StatusCode::OK, &progress))
     }
 
     async fn finalize(&self, caller: Caller, video_id: Uuid) -> Result<Response<Body>, Failure> {
         service_only(caller, "finalize")?;
-        let sheet = self.db.finalize(video_id).await?;
+        let sheet = self.shown_sheet(self.db.finalize(video_id).await?);
         Ok(respond(StatusCode::OK, &json!({ "sheet": sheet })))
     }
 
@@ -436,7 +452,7 @@ impl Api {
         }
         let forced = self.db.force_finalize(video_id, "force-finalized").await?;
         tracing::info!(%video_id, chunks = ?forced.forced_chunks, "film force-finalized");
-        let sheet = self.db.finalize(video_id).await?;
+        let sheet = self.shown_sheet(self.db.finalize(video_id).await?);
         Ok(respond(
             StatusCode::OK,
             &json!({ "forcedChunks": forced.forced_chunks, "sheet": sheet }),
@@ -452,6 +468,23 @@ impl Api {
                 "video {video_id} belongs to another user"
             )))
         }
+    }
+
+    /// The sheet as callers see it: its source as they gave it (a bucket
+    /// key without this deployment's source root, which may name internal
+    /// folders or hosts).
+    fn shown_sheet(&self, mut sheet: crate::sheet::Sheet) -> crate::sheet::Sheet {
+        let root = match &self.source_root {
+            Some(SourceRoot::Folder(root)) => root.to_string_lossy().into_owned(),
+            Some(SourceRoot::Url(root)) => root.clone(),
+            None => return sheet,
+        };
+        if let Some(source) = &sheet.source {
+            if let Some(key) = source.strip_prefix(root.trim_end_matches('/')) {
+                sheet.source = Some(key.trim_start_matches('/').to_string());
+            }
+        }
+        sheet
     }
 
     /// Turns a submitted location into what ffmpeg reads: an `http(s)` URL
@@ -487,6 +520,73 @@ impl Api {
             None => Err(bad(format!(
                 "source {location:?} is a bucket key, but this deployment has no SHOTLIST_SOURCE_ROOT; give an http(s) URL"
             ))),
+        }
+    }
+}
+
+/// Refuses a URL whose host is, or resolves to, an address that is not
+/// public: loopback, private, link-local (cloud metadata), carrier-grade
+/// NAT, unique-local, multicast or unspecified.
+async fn check_public_host(url: &str) -> Result<(), Failure> {
+    let bad = |detail: String| Failure::field("source", detail);
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| bad(format!("source is not a valid URL: {e}")))?;
+    let host = uri
+        .host()
+        .ok_or_else(|| bad("source URL has no host".into()))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    });
+    let addresses: Vec<std::net::IpAddr> = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => vec![ip],
+        Err(_) => tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .map_err(|e| bad(format!("source host {host} cannot be resolved: {e}")))?
+            .map(|a| a.ip())
+            .collect(),
+    };
+    match addresses.iter().find(|ip| !is_public(ip)) {
+        Some(ip) => Err(bad(format!(
+            "source host {host} is not a public address ({ip}); only public http(s) URLs are fetched"
+        ))),
+        None if addresses.is_empty() => Err(bad(format!("source host {host} has no address"))),
+        None => Ok(()),
+    }
+}
+
+/// Whether `ip` is an ordinary public address.
+fn is_public(ip: &std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 198 && (b == 18 || b == 19))
+                || a >= 240)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(&IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80)
         }
     }
 }
@@ -577,6 +677,45 @@ mod tests {
         );
         assert_eq!(route("/films"), None);
         assert_eq!(route("/videos/a/b/c"), None);
+    }
+
+    #[test]
+    fn only_public_addresses_are_public() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+            "224.0.0.1",
+        ] {
+            assert!(!is_public(&ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["8.8.8.8", "151.101.1.1", "2606:4700::1111"] {
+            assert!(is_public(&ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[tokio::test]
+    async fn urls_naming_this_machine_or_a_private_network_are_refused() {
+        for url in [
+            "http://127.0.0.1:9001/2018-06-01/runtime/invocation/next",
+            "http://localhost/film.mp4",
+            "http://169.254.169.254/latest/meta-data/",
+            "http://[::1]:8080/x.mp4",
+            "https://10.0.0.5/film.mp4",
+        ] {
+            let refused = check_public_host(url).await.unwrap_err();
+            assert_eq!(refused.field, Some("source"), "{url}");
+            assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{url}");
+        }
     }
 
     #[test]

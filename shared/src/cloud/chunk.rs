@@ -22,9 +22,10 @@
 //! A message listed for retry would come back only when the queue's
 //! visibility timeout (6x the function timeout: 30 minutes) runs out. With a
 //! [`Redelivery`], the handler brings it back sooner: after a back-off that
-//! doubles with every delivery (30 s, 1 min, 2 min, ... at most 15 min), a
-//! minute for a chunk another worker holds, and at once for one that did not
-//! fit before the deadline.
+//! doubles with every delivery (30 s, 1 min, 2 min, ... at most 15 min),
+//! after a lease's length for a chunk another worker holds (by then that
+//! worker has finished, or its lease has run out and the chunk can be
+//! claimed), and at once for one that did not fit before the deadline.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -51,9 +52,6 @@ pub const RETRY_BACKOFF_BASE: Duration = Duration::from_secs(30);
 
 /// The longest retry delay.
 pub const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(900);
-
-/// How long a delivery that found the chunk held by another worker waits.
-pub const BUSY_DELAY: Duration = Duration::from_secs(60);
 
 /// Brings a message listed for retry back after `delay` instead of after
 /// the queue's visibility timeout (SQS: ChangeMessageVisibility).
@@ -163,7 +161,7 @@ impl ChunkHandler {
                 RecordOutcome::Retry { reason: why, wait } => {
                     let delay = match wait {
                         Wait::Now => Duration::ZERO,
-                        Wait::Busy => BUSY_DELAY,
+                        Wait::Busy => self.worker.lease,
                         Wait::Backoff => backoff(receive_count(&record)),
                     };
                     tracing::warn!(message_id = %id, reason = %why, retry_in_s = delay.as_secs(), "message left for retry");
@@ -269,7 +267,11 @@ impl ChunkHandler {
                 wait: Wait::Busy,
             },
             Done::Retry { error } => RecordOutcome::retry(error),
-            Done::LeaseLost => RecordOutcome::Acknowledged("another worker took the chunk over"),
+            // Another worker took the chunk over, or this worker's own
+            // failure report went through but its answer was lost: either
+            // way, delivering the message again loses nothing, and a claim
+            // then says what is true.
+            Done::LeaseLost => RecordOutcome::retry("the chunk's lease was lost"),
         }
     }
 

@@ -157,6 +157,8 @@ pub async fn api(db: Db) -> Result<Api, ConfigError> {
         source_root: optional("SHOTLIST_SOURCE_ROOT").and_then(|r| SourceRoot::parse(&r)),
         plan: PlanParams::default(),
         probe: ProbeOptions::default(),
+        allow_private_sources: optional("SHOTLIST_ALLOW_PRIVATE_SOURCES")
+            .is_some_and(|v| matches!(v.trim(), "1" | "true" | "yes")),
     })
 }
 

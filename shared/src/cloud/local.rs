@@ -155,6 +155,8 @@ impl LocalCloud {
             source_root: Some(SourceRoot::Folder(source_root.to_path_buf())),
             plan: options.plan,
             probe: ProbeOptions::default(),
+            // Films are keys under a local folder; no URL is fetched.
+            allow_private_sources: false,
         };
         let chunks = ChunkHandler {
             db: db.clone(),
