@@ -39,7 +39,12 @@ pub struct CloudArgs {
     #[command(flatten)]
     pub process: ProcessArgs,
     /// The SQS-compatible endpoint (scripts/moto start prints one).
-    #[arg(long, env = "SHOTLIST_SQS_ENDPOINT", value_name = "URL")]
+    #[arg(
+        long,
+        env = "SHOTLIST_SQS_ENDPOINT",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
     pub sqs_endpoint: String,
     /// Queue names start with this: <PREFIX>-chunks, <PREFIX>-finalize and
     /// their -dlq queues; they are created when missing.

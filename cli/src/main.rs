@@ -376,7 +376,9 @@ async fn through_the_cloud(
                 video_id,
                 total_chunks: count("totalChunks"),
             }),
-            _ if last_done.swap(done, std::sync::atomic::Ordering::Relaxed) == done => {}
+            // Only when a chunk ended since the last report.
+            _ if done == 0
+                || last_done.swap(done, std::sync::atomic::Ordering::Relaxed) == done => {}
             _ => progress.on_event(RunEvent::ChunkDone {
                 index: 0,
                 completed: count("completedChunks"),

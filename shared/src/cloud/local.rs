@@ -86,8 +86,10 @@ pub enum LocalCloudError {
     Queue(#[from] QueueError),
     #[error(transparent)]
     Db(#[from] DbError),
-    #[error("submit answered {status}: {body}")]
-    Submit { status: u16, body: String },
+    #[error("cannot use the SQS endpoint {endpoint} ({detail}); is it running? `./scripts/moto start` starts one and prints its URL")]
+    Endpoint { endpoint: String, detail: String },
+    #[error("submit refused the film ({status}): {message}")]
+    Submit { status: u16, message: String },
     #[error("{0}")]
     Stuck(String),
 }
@@ -131,7 +133,11 @@ impl LocalCloud {
             visibility,
             options.max_receives,
         )
-        .await?;
+        .await
+        .map_err(|e| LocalCloudError::Endpoint {
+            endpoint: options.sqs_endpoint.clone(),
+            detail: e.to_string(),
+        })?;
         let finalize_pair = ensure_queue_pair(
             &client,
             &format!("{}-finalize", options.queue_prefix),
@@ -215,7 +221,12 @@ impl LocalCloud {
             other => String::from_utf8_lossy(other.as_ref()).into_owned(),
         };
         if !(200..300).contains(&status) {
-            return Err(LocalCloudError::Submit { status, body: text });
+            // The API's error JSON, as a sentence.
+            let message = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_string))
+                .unwrap_or(text);
+            return Err(LocalCloudError::Submit { status, message });
         }
         serde_json::from_str(&text)
             .map_err(|e| LocalCloudError::Stuck(format!("submit answered non-JSON: {e}")))
@@ -283,6 +294,10 @@ impl LocalCloud {
         let mut last = Value::Null;
         loop {
             if let Some(sheet) = self.db.get_sheet(video_id).await? {
+                let progress = self.db.chunk_progress(video_id).await?;
+                if progress != last {
+                    on_progress(&progress);
+                }
                 return Ok(sheet);
             }
             let progress = self.db.chunk_progress(video_id).await?;
@@ -321,7 +336,7 @@ impl LocalCloud {
             .await
             .map_err(|e| QueueError::Other {
                 queue: url.to_string(),
-                detail: aws_sdk_sqs::error::DisplayErrorContext(&e).to_string(),
+                detail: crate::cloud::queue::describe_sdk_error(&e),
             })?;
         let attributes = answer.attributes.unwrap_or_default();
         let count = |name: QueueAttributeName| {

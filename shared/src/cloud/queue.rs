@@ -42,7 +42,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 
 use aws_sdk_sqs::config::http::HttpResponse;
-use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
 
 /// Most entries SQS takes in one SendMessageBatch or DeleteMessageBatch.
@@ -440,13 +440,32 @@ where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
     match err {
-        SdkError::ServiceError(service) => format!(
-            "{}: {} (HTTP {})",
-            service.err().code().unwrap_or("unknown error"),
-            service.err().message().unwrap_or("no message"),
-            service.raw().status().as_u16()
-        ),
-        other => DisplayErrorContext(other).to_string(),
+        SdkError::ServiceError(service) => {
+            let status = service.raw().status().as_u16();
+            match (service.err().code(), service.err().message()) {
+                (None, None) => format!("the server's answer is not an SQS answer (HTTP {status})"),
+                (code, message) => format!(
+                    "{}: {} (HTTP {status})",
+                    code.unwrap_or("unknown error"),
+                    message.unwrap_or("no message"),
+                ),
+            }
+        }
+        // The error and its causes, without the debug dump that
+        // DisplayErrorContext appends.
+        other => {
+            let mut text = other.to_string();
+            let mut cause = std::error::Error::source(other);
+            while let Some(inner) = cause {
+                let inner_text = inner.to_string();
+                if !text.contains(&inner_text) {
+                    text.push_str(": ");
+                    text.push_str(&inner_text);
+                }
+                cause = inner.source();
+            }
+            text
+        }
     }
 }
 
