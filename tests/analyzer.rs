@@ -347,6 +347,47 @@ async fn sound_and_silence_are_measured_per_shot() {
 }
 
 #[tokio::test]
+async fn sound_that_ends_before_the_picture_leaves_the_rest_silent() {
+    // 20 s of picture, a tone for the first 8 s only.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("short-sound.mp4");
+    let status = std::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-y"])
+        .args([
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=160x120:rate=25:duration=20",
+        ])
+        .args([
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=48000:duration=8",
+        ])
+        .args(["-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac"])
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let media = probe(&path).await.unwrap();
+    assert!(media.has_audio);
+    let (analysis, _) = analyze(&path, &media, 0, media.duration_frames).await;
+    assert_eq!(analysis.shots.len(), 1, "{analysis:?}");
+    let length = media.fps.seconds_at(media.duration_frames);
+    let sound = reported_sound(&analysis.shots[0].description, length)
+        .unwrap_or_else(|| panic!("no sound in {:?}", analysis.shots[0].description));
+    assert!(
+        (sound - 8.0).abs() <= 0.2,
+        "{}",
+        analysis.shots[0].description
+    );
+    // A chunk wholly after the sound's end is silent.
+    let (late, _) = analyze(&path, &media, 300, media.duration_frames).await;
+    assert_eq!(late.shots[0].description, "silent", "{late:?}");
+}
+
+#[tokio::test]
 async fn a_transport_stream_whose_video_starts_after_its_sound_keeps_cuts_and_sound_in_place() {
     let film = minute_film("25/1", true);
     let dir = tempfile::tempdir().unwrap();

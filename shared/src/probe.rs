@@ -44,6 +44,10 @@ pub struct MediaInfo {
     /// counts from the container's start.
     pub start_offset_seconds: f64,
     pub has_audio: bool,
+    /// Film seconds at which the sound track ends, when the container says
+    /// and it ends before the picture; past it the film is silent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sound_end_seconds: Option<f64>,
     pub width: u32,
     pub height: u32,
     /// Codec of the video stream as ffprobe names it (`h264`, `mpeg2video`).
@@ -175,14 +179,25 @@ pub async fn probe_with(path: &Path, options: &ProbeOptions) -> Result<MediaInfo
     if duration_frames <= 0 {
         return Err(ProbeError::NoFrames { path: path.into() });
     }
+    let start_offset_seconds = report.start_offset(video);
+    let audio = report
+        .streams
+        .iter()
+        .find(|s| s.codec_type.as_deref() == Some("audio"));
+    let picture_end = fps.seconds_at(duration_frames);
+    let sound_end_seconds = audio
+        .and_then(|a| {
+            let start: f64 = a.start_time.as_deref()?.parse().ok()?;
+            let length: f64 = a.duration.as_deref()?.parse().ok()?;
+            Some(start + length - start_offset_seconds)
+        })
+        .filter(|end| end.is_finite() && *end < picture_end - 0.05);
     Ok(MediaInfo {
         fps,
         duration_frames,
-        start_offset_seconds: report.start_offset(video),
-        has_audio: report
-            .streams
-            .iter()
-            .any(|s| s.codec_type.as_deref() == Some("audio")),
+        start_offset_seconds,
+        has_audio: audio.is_some(),
+        sound_end_seconds,
         width: video.width.unwrap_or(0),
         height: video.height.unwrap_or(0),
         codec: video.codec_name.clone().unwrap_or_default(),
@@ -393,6 +408,7 @@ struct StreamReport {
     r_frame_rate: Option<String>,
     avg_frame_rate: Option<String>,
     start_time: Option<String>,
+    duration: Option<String>,
     nb_frames: Option<String>,
     nb_read_packets: Option<String>,
     #[serde(default)]
@@ -507,6 +523,7 @@ mod tests {
             duration_frames: 70_000,
             start_offset_seconds: 0.5,
             has_audio: true,
+            sound_end_seconds: None,
             width: 1920,
             height: 1080,
             codec: "h264".into(),

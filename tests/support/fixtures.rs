@@ -14,6 +14,7 @@ pub fn media(duration_frames: i64, fps: Fps) -> MediaInfo {
         duration_frames,
         start_offset_seconds: 0.0,
         has_audio: false,
+        sound_end_seconds: None,
         width: 320,
         height: 240,
         codec: "h264".into(),

@@ -265,7 +265,7 @@ impl LocalAnalyzer {
             .arg(input);
         command.args([
             "-filter_complex",
-            &self.filter_graph(request.media.has_audio),
+            &self.filter_graph(request.media.has_audio, window.duration),
         ]);
         command.args(["-map", "[v]"]);
         if request.media.has_audio {
@@ -294,8 +294,11 @@ impl LocalAnalyzer {
     }
 
     /// Scores every frame (`select` passes them all, with their score) and,
-    /// with sound, marks where silences start and end.
-    fn filter_graph(&self, has_audio: bool) -> String {
+    /// with sound, marks where silences start and end. The sound is padded
+    /// with silence to the window's length: a sound track that ends before
+    /// the picture would otherwise leave its missing part unmeasured, and
+    /// counted as sound.
+    fn filter_graph(&self, has_audio: bool, duration: f64) -> String {
         let video = format!(
             "[0:V:0]settb=AVTB,select='gte(scene,0)',metadata=mode=print:file={SCENES_FILE}[v]"
         );
@@ -304,7 +307,7 @@ impl LocalAnalyzer {
         }
         let (noise, d) = (self.silence_noise_db, self.min_silence_seconds);
         let audio = format!(
-            "[0:a:0]silencedetect=noise={noise}dB:d={d},ametadata=mode=print:file={SILENCE_FILE}[a]"
+            "[0:a:0]apad=whole_dur={duration:.6},silencedetect=noise={noise}dB:d={d},ametadata=mode=print:file={SILENCE_FILE}[a]"
         );
         format!("{video};{audio}")
     }
@@ -451,6 +454,14 @@ fn parse_silences(text: &str, media: &crate::probe::MediaInfo) -> Vec<(f64, f64)
         }
     }
     silences.extend(open.map(|start| (start, f64::INFINITY)));
+    // Past the sound track's end there is nothing to measure: silence.
+    if let Some(end) = media.sound_end_seconds {
+        silences = silences
+            .into_iter()
+            .filter_map(|(a, b)| (a < end).then_some((a, b.min(end))))
+            .collect();
+        silences.push((end, f64::INFINITY));
+    }
     silences
 }
 
@@ -503,6 +514,7 @@ mod tests {
             duration_frames: 10_000,
             start_offset_seconds: offset,
             has_audio,
+            sound_end_seconds: None,
             width: 160,
             height: 90,
             codec: "h264".into(),
@@ -538,6 +550,16 @@ mod tests {
                     lavfi.silence_duration=4\nlavfi.silence_start=10.5\n";
         let silences = parse_silences(text, &media("25/1", 0.5, true));
         assert_eq!(silences, [(3.0, 7.0), (10.0, f64::INFINITY)]);
+    }
+
+    #[test]
+    fn past_the_end_of_the_sound_track_is_silence() {
+        let mut m = media("25/1", 0.5, true);
+        m.sound_end_seconds = Some(8.0);
+        let text = "lavfi.silence_start=3.5\nlavfi.silence_end=7.5\nlavfi.silence_start=8.7\n";
+        assert_eq!(parse_silences(text, &m), [(3.0, 7.0), (8.0, f64::INFINITY)]);
+        // Nothing measured at all (the window lies past the sound's end).
+        assert_eq!(parse_silences("", &m), [(8.0, f64::INFINITY)]);
     }
 
     #[test]
