@@ -168,16 +168,7 @@ fn init_tracing() {
 
 /// The error and its causes on one line, without any password.
 fn describe(error: &CliError, secrets: &[String]) -> String {
-    let mut text = error.to_string();
-    let mut cause = std::error::Error::source(error);
-    while let Some(inner) = cause {
-        let inner_text = inner.to_string();
-        if !text.contains(&inner_text) {
-            text.push_str(": ");
-            text.push_str(&inner_text);
-        }
-        cause = inner.source();
-    }
+    let text = shotlist_shared::error_chain(error);
     redact::redact(&one_line(&text), secrets)
 }
 

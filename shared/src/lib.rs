@@ -20,3 +20,20 @@ pub mod runner;
 pub mod sheet;
 pub mod time;
 pub mod worker;
+
+/// An error and its causes on one line, `outer: inner: ...`, leaving out a
+/// cause whose text the line already holds (many errors repeat their
+/// source's message).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        let inner_text = inner.to_string();
+        if !text.contains(&inner_text) {
+            text.push_str(": ");
+            text.push_str(&inner_text);
+        }
+        cause = inner.source();
+    }
+    text
+}

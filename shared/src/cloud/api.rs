@@ -203,7 +203,8 @@ impl Api {
         let path = request.uri().path().to_string();
         let method = request.method().clone();
         let not_found = || Failure::new(StatusCode::NOT_FOUND, format!("no route for {path}"));
-        let (endpoint, allowed) = match route(&path).ok_or_else(not_found)? {
+        let matched = route(&path).ok_or_else(not_found)?;
+        let (endpoint, allowed) = match matched {
             Route::Videos => (Endpoint::Submit, Method::POST),
             Route::Video(_) => (Endpoint::Status, Method::GET),
             Route::Finalize(_) => (Endpoint::Finalize, Method::POST),
@@ -231,7 +232,7 @@ impl Api {
             .map(|v| v.to_str().unwrap_or("\u{0}"));
         let caller = self.verifier.verify(header)?;
         let body = request.body().as_ref();
-        match route(&path).ok_or_else(not_found)? {
+        match matched {
             Route::Videos => self.submit(caller, body).await,
             Route::Video(id) => self.status(caller, parse_id(id)?).await,
             Route::Finalize(id) => self.finalize(caller, parse_id(id)?).await,

@@ -453,19 +453,7 @@ where
         }
         // The error and its causes, without the debug dump that
         // DisplayErrorContext appends.
-        other => {
-            let mut text = other.to_string();
-            let mut cause = std::error::Error::source(other);
-            while let Some(inner) = cause {
-                let inner_text = inner.to_string();
-                if !text.contains(&inner_text) {
-                    text.push_str(": ");
-                    text.push_str(&inner_text);
-                }
-                cause = inner.source();
-            }
-            text
-        }
+        other => crate::error_chain(other),
     }
 }
 
