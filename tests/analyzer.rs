@@ -32,6 +32,7 @@ fn request(path: &Path, media: &MediaInfo, chunk_index: u32, start: i64, end: i6
         media: media.clone(),
         start_frame: start,
         end_frame: end,
+        deadline: None,
     }
 }
 

@@ -331,3 +331,80 @@ fn ctrl_c_during_start_up_removes_the_embedded_database() {
         .expect("the cluster's folder was logged");
     assert!(!dir.exists(), "{} was removed", dir.display());
 }
+
+#[test]
+fn a_model_analyzer_without_its_keys_fails_before_any_work_naming_the_variable() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let target = out.path().join("never-made");
+    for (analyzer, variable) in [
+        ("gemini", "GEMINI_API_KEYS"),
+        ("replicate", "REPLICATE_API_TOKENS"),
+    ] {
+        let mut command = shotlist();
+        command
+            .env_remove(variable)
+            .args(["process", "--analyzer", analyzer])
+            .arg(city_film())
+            .arg("--out")
+            .arg(&target);
+        let (output, _, _) = run(&mut command);
+        assert_eq!(output.status.code(), Some(2), "{analyzer}: a usage error");
+        assert_one_line_error(&mut command, &format!("{variable} is not set"));
+        assert!(!target.exists(), "{analyzer}: no output folder was made");
+    }
+    let mut unknown = shotlist();
+    unknown
+        .args(["process", "--analyzer", "openai"])
+        .arg(city_film());
+    assert_one_line_error(&mut unknown, "openai");
+}
+
+#[test]
+fn real_film_through_the_gemini_analyzer_takes_the_models_words_and_keeps_the_cuts() {
+    use shotlist_tests::fake_gemini::{keys, FakeGemini};
+    let keys = keys(1);
+    let fake = FakeGemini::start(keys.clone());
+    let local = tempfile::tempdir().expect("tempdir");
+    let (output, _, stderr) = run(shotlist()
+        .arg("process")
+        .arg(city_film())
+        .arg("--out")
+        .arg(local.path()));
+    assert!(output.status.success(), "local run failed: {stderr}");
+    let model = tempfile::tempdir().expect("tempdir");
+    let (output, _, stderr) = run(shotlist()
+        .args(["process", "--analyzer", "gemini"])
+        .arg(city_film())
+        .arg("--out")
+        .arg(model.path())
+        .env("GEMINI_API_KEYS", &keys[0])
+        .env("GEMINI_BASE_URL", fake.base_url())
+        .env("RUST_LOG", "trace"));
+    assert!(output.status.success(), "gemini run failed: {stderr}");
+    assert!(!stderr.contains(&keys[0]), "the key was logged");
+    let read = |dir: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(dir.join("sheet.json")).expect("sheet.json"))
+            .expect("JSON")
+    };
+    let (local, model) = (read(local.path()), read(model.path()));
+    let frames = |sheet: &serde_json::Value| -> Vec<(i64, i64)> {
+        sheet["shots"]
+            .as_array()
+            .expect("shots")
+            .iter()
+            .map(|s| {
+                (
+                    s["startFrame"].as_i64().unwrap(),
+                    s["endFrame"].as_i64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(frames(&model), frames(&local), "the model moved a cut");
+    for shot in model["shots"].as_array().expect("shots") {
+        let description = shot["description"].as_str().unwrap_or_default();
+        assert!(description.starts_with("fake model: shot"), "{shot}");
+        assert_eq!(shot["type"], "medium");
+    }
+    assert_eq!(fake.counters().generate_total(), 1);
+}

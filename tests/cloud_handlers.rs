@@ -307,6 +307,55 @@ async fn the_last_delivery_fails_the_chunk_with_its_error_and_is_left_for_the_dl
 }
 
 #[tokio::test]
+async fn a_chunk_whose_keys_all_rest_goes_back_without_spending_an_attempt() {
+    let s = setup().await;
+    s.analyzer
+        .script(1, Script::Throttled(Duration::from_secs(42)));
+    for receive in 1..=4 {
+        let event = sqs_event(vec![sqs_record("m1", &chunk_body(s.video_id, 1), receive)]);
+        assert_eq!(failures(&s.handler.handle(event, None).await), vec!["m1"]);
+        let pending = chunk(&s.db, s.video_id, 1).await;
+        assert_eq!(pending["status"], "pending", "{pending}");
+        assert_eq!(pending["attempts"], 0, "{pending}");
+        assert!(
+            pending["error"].as_str().unwrap().contains("rate-limited"),
+            "{pending}"
+        );
+    }
+    // The queue is asked to bring the message back when the keys are free.
+    let delays: Vec<u64> = s.redelivery.taken().into_iter().map(|(_, d)| d).collect();
+    assert_eq!(delays, [42, 42, 42, 42]);
+    // The keys are free again: the chunk completes on its first attempt.
+    s.analyzer.script(1, Script::Whole);
+    let event = sqs_event(vec![sqs_record("m1", &chunk_body(s.video_id, 1), 5)]);
+    assert!(failures(&s.handler.handle(event, None).await).is_empty());
+    let done = chunk(&s.db, s.video_id, 1).await;
+    assert_eq!(
+        (done["status"].as_str(), done["attempts"].as_i64()),
+        (Some("completed"), Some(1))
+    );
+}
+
+#[tokio::test]
+async fn rate_limits_on_the_last_delivery_fail_the_chunk_rather_than_strand_it() {
+    let s = setup().await;
+    s.analyzer
+        .script(0, Script::Throttled(Duration::from_secs(30)));
+    let last = sqs_message("m0", &chunk_body(s.video_id, 0), 5);
+    let outcome = s.handler.handle_record("m0", &last, None).await;
+    assert!(
+        matches!(outcome, RecordOutcome::Retry { .. }),
+        "{outcome:?}"
+    );
+    let failed = chunk(&s.db, s.video_id, 0).await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert!(
+        failed["error"].as_str().unwrap().contains("rate-limited"),
+        "{failed}"
+    );
+}
+
+#[tokio::test]
 async fn work_stops_before_the_deadline_and_the_chunk_goes_back_for_retry() {
     let s = setup().await;
     s.analyzer.script(0, Script::Slow(Duration::from_secs(120)));

@@ -3,10 +3,15 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use shotlist_shared::analyzer::setup::{self, AnalyzerKind, AnalyzerSetup};
 use shotlist_shared::plan::PlanParams;
 use shotlist_shared::runner::RunOptions;
+use shotlist_shared::worker::WorkerConfig;
 use uuid::Uuid;
+
+/// How much longer than `--chunk-timeout` a claim holds its chunk.
+const LEASE_MARGIN: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The most chunks `--concurrency` may put in flight.
 pub const MAX_CONCURRENCY: usize = 64;
@@ -118,6 +123,32 @@ pub struct ProcessArgs {
     /// (more than 0, at most 1).
     #[arg(long, value_name = "SCORE", default_value_t = RunOptions::default().scene_threshold)]
     pub scene_threshold: f64,
+    /// Who describes the shots: local (ffmpeg only, no network), gemini
+    /// (Google's Gemini API, keys in GEMINI_API_KEYS) or replicate
+    /// (google/gemini-3-pro on Replicate, tokens in REPLICATE_API_TOKENS).
+    #[arg(long, value_enum, env = "SHOTLIST_ANALYZER", default_value_t = AnalyzerArg::Local)]
+    pub analyzer: AnalyzerArg,
+    /// The most one chunk's analysis may take, retries included (10 to 900).
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    pub chunk_timeout: u64,
+}
+
+/// The analyzers `--analyzer` accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AnalyzerArg {
+    Local,
+    Gemini,
+    Replicate,
+}
+
+impl From<AnalyzerArg> for AnalyzerKind {
+    fn from(arg: AnalyzerArg) -> AnalyzerKind {
+        match arg {
+            AnalyzerArg::Local => AnalyzerKind::Local,
+            AnalyzerArg::Gemini => AnalyzerKind::Gemini,
+            AnalyzerArg::Replicate => AnalyzerKind::Replicate,
+        }
+    }
 }
 
 /// `shotlist migrate`.
@@ -136,6 +167,7 @@ pub struct ProcessSettings {
     /// `None` means the embedded default database.
     pub database_url: Option<String>,
     pub options: RunOptions,
+    pub analyzer: AnalyzerSetup,
 }
 
 /// An argument that failed its check, with a message naming the flag.
@@ -157,6 +189,17 @@ impl ProcessArgs {
             )));
         }
         check_threshold(self.scene_threshold)?;
+        let chunk_timeout =
+            setup::parse_chunk_timeout("--chunk-timeout", &self.chunk_timeout.to_string())
+                .map_err(ArgError)?;
+        let mut analyzer = AnalyzerSetup {
+            kind: self.analyzer.into(),
+            scene_threshold: self.scene_threshold,
+            chunk_seconds: self.chunk_seconds,
+            ..AnalyzerSetup::default()
+        };
+        analyzer.model.chunk_timeout = chunk_timeout;
+        setup::check(&analyzer, &|name| std::env::var(name).ok()).map_err(ArgError)?;
         check_film(&self.film)?;
         if let Some(out) = &self.out {
             check_out(out)?;
@@ -169,7 +212,11 @@ impl ProcessArgs {
                 overlap_seconds: self.overlap_seconds,
             },
             scene_threshold: self.scene_threshold,
-            ..RunOptions::default()
+            worker: WorkerConfig {
+                chunk_timeout,
+                lease: chunk_timeout + LEASE_MARGIN,
+                ..WorkerConfig::default()
+            },
         };
         Ok(ProcessSettings {
             film: self.film,
@@ -177,6 +224,7 @@ impl ProcessArgs {
             // An empty DATABASE_URL counts as unset.
             database_url: self.database_url.filter(|url| !url.trim().is_empty()),
             options,
+            analyzer,
         })
     }
 }
@@ -260,6 +308,8 @@ mod tests {
             overlap_seconds: 15.0,
             video_id: None,
             scene_threshold: 0.3,
+            analyzer: AnalyzerArg::Local,
+            chunk_timeout: 300,
         }
     }
 
@@ -277,6 +327,8 @@ mod tests {
         let settings = given.validate().expect("valid");
         assert_eq!(settings.options.concurrency, 5);
         assert_eq!(settings.options.plan.overlap_seconds, 15.0);
+        assert_eq!(settings.analyzer.kind, AnalyzerKind::Local);
+        assert!(settings.options.worker.lease > settings.options.worker.chunk_timeout);
         assert_eq!(
             settings.database_url, None,
             "a blank url means the embedded default"
@@ -287,13 +339,21 @@ mod tests {
     fn each_bad_argument_is_named() {
         let film = film();
         let path = film.path().to_path_buf();
-        let cases: [(Change, &str); 8] = [
+        let cases: [(Change, &str); 10] = [
             (|a| a.concurrency = 0, "--concurrency"),
             (|a| a.concurrency = 65, "--concurrency"),
             (|a| a.chunk_seconds = f64::NAN, "--chunk-seconds"),
             (|a| a.overlap_seconds = -1.0, "--overlap-seconds"),
             (|a| a.overlap_seconds = 180.0, "--overlap-seconds (180)"),
             (|a| a.scene_threshold = 0.0, "--scene-threshold"),
+            (|a| a.chunk_timeout = 5, "--chunk-timeout"),
+            (
+                |a| {
+                    a.analyzer = AnalyzerArg::Gemini;
+                    a.chunk_seconds = 3000.0;
+                },
+                "more video than one request",
+            ),
             (|a| a.film = "/no/such/film.mp4".into(), "does not exist"),
             (|a| a.film = std::env::temp_dir(), "is a folder"),
         ];

@@ -22,6 +22,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use shotlist_shared::analyzer::setup;
 use shotlist_shared::db::{Db, DbError};
 use shotlist_shared::export::{self, ExportError, SheetFiles};
 use shotlist_shared::localdb::{LocalDbError, TempCluster};
@@ -71,6 +72,8 @@ enum CliError {
     },
     #[error("interrupted")]
     Interrupted,
+    #[error("could not set up the analyzer: {0}")]
+    Analyzer(String),
     #[error("the embedded PostgreSQL start-up task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
     #[error("could not {what}: {source}")]
@@ -293,22 +296,40 @@ async fn analyze(
             }
         }
     };
-    progress.stage("probing the film");
-    let result = match cloud {
-        None => {
-            interrupt
-                .guard(runner::run_local(
-                    &db,
-                    &settings.film,
-                    &settings.options,
-                    &|event| progress.on_event(event),
-                ))
-                .await
-        }
-        Some(cloud) => {
-            interrupt
-                .guard(through_the_cloud(&db, settings, cloud, &progress))
-                .await
+    let result = match setup::build(&settings.analyzer, &|name| std::env::var(name).ok(), &db) {
+        Err(reason) => Err(CliError::Analyzer(reason)),
+        Ok(built) => {
+            if let Some(budget) = built.budget {
+                progress.stage(&format!(
+                    "{}: about {} tokens per chunk at most ({} of them input)",
+                    settings.analyzer.kind, budget.chunk_tokens, budget.chunk_input_tokens
+                ));
+            }
+            progress.stage("probing the film");
+            match cloud {
+                None => {
+                    interrupt
+                        .guard(runner::run_with(
+                            &db,
+                            &settings.film,
+                            &settings.options,
+                            built.analyzer,
+                            &|event| progress.on_event(event),
+                        ))
+                        .await
+                }
+                Some(cloud) => {
+                    interrupt
+                        .guard(through_the_cloud(
+                            &db,
+                            settings,
+                            cloud,
+                            built.analyzer,
+                            &progress,
+                        ))
+                        .await
+                }
+            }
         }
     };
     progress.finish();
@@ -325,9 +346,9 @@ async fn through_the_cloud(
     db: &Db,
     settings: &ProcessSettings,
     cloud: &CloudSettings,
+    analyzer: std::sync::Arc<dyn shotlist_shared::analyzer::Analyzer>,
     progress: &Progress,
 ) -> Result<Sheet, CliError> {
-    use shotlist_shared::analyzer::local::LocalAnalyzer;
     use shotlist_shared::cloud::local::{LocalCloud, LocalCloudOptions};
     use shotlist_shared::runner::RunEvent;
 
@@ -344,10 +365,6 @@ async fn through_the_cloud(
             source: std::io::Error::other(format!("{} has no folder", film.display())),
         });
     };
-    let analyzer = LocalAnalyzer {
-        scene_threshold: settings.options.scene_threshold,
-        ..LocalAnalyzer::default()
-    };
     let options = LocalCloudOptions {
         sqs_endpoint: cloud.sqs_endpoint.clone(),
         queue_prefix: cloud.queue_prefix.clone(),
@@ -356,7 +373,7 @@ async fn through_the_cloud(
         worker: settings.options.worker,
         ..LocalCloudOptions::default()
     };
-    let local = LocalCloud::new(db.clone(), std::sync::Arc::new(analyzer), root, options).await?;
+    let local = LocalCloud::new(db.clone(), analyzer, root, options).await?;
     let last_done = std::sync::atomic::AtomicU32::new(u32::MAX);
     let on_progress = |value: &serde_json::Value| {
         let count = |key: &str| value[key].as_u64().unwrap_or(0) as u32;

@@ -33,6 +33,14 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0002_cloud",
         include_str!("../../migrations/0002_cloud.sql"),
     ),
+    (
+        "0003_provider_files",
+        include_str!("../../migrations/0003_provider_files.sql"),
+    ),
+    (
+        "0004_release_chunk",
+        include_str!("../../migrations/0004_release_chunk.sql"),
+    ),
 ];
 
 /// Serializes concurrent migrators of one database.
@@ -149,6 +157,9 @@ pub enum Outcome {
     Retry,
     /// The chunk failed for good.
     Failed,
+    /// The chunk was given back without spending an attempt
+    /// (`release_chunk`).
+    Released,
 }
 
 /// The answer of `complete_chunk` and `fail_chunk`.
@@ -342,7 +353,7 @@ impl Db {
 
     /// Runs `sql`, which returns one row of one `jsonb` column, and decodes
     /// it. A dead pooled connection is replaced once.
-    async fn call<T: serde::de::DeserializeOwned>(
+    pub(crate) async fn call<T: serde::de::DeserializeOwned>(
         &self,
         what: &str,
         sql: &str,
@@ -713,6 +724,29 @@ impl Db {
                 (&error, Type::TEXT),
                 (&retryable, Type::BOOL),
                 (&attempts, Type::INT4),
+            ],
+        )
+        .await
+    }
+
+    /// `release_chunk`: gives a held chunk back, pending, without counting
+    /// the attempt (the provider's rate limits kept it from being tried).
+    pub async fn release_chunk(
+        &self,
+        video_id: Uuid,
+        chunk_index: u32,
+        lease_token: Uuid,
+        reason: &str,
+    ) -> Result<Report, DbError> {
+        let index = chunk_index as i32;
+        self.call(
+            "release_chunk",
+            "SELECT public.release_chunk($1, $2, $3, $4)",
+            &[
+                (&video_id, Type::UUID),
+                (&index, Type::INT4),
+                (&lease_token, Type::UUID),
+                (&reason, Type::TEXT),
             ],
         )
         .await

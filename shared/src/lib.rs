@@ -19,6 +19,7 @@ pub mod probe;
 pub mod runner;
 pub mod sheet;
 pub mod time;
+pub mod uploads;
 pub mod worker;
 
 /// An error and its causes on one line, `outer: inner: ...`, leaving out a

@@ -28,6 +28,9 @@ use crate::worker::{self, Done, WorkerConfig};
 /// process holds, or that just failed an attempt.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
+/// The longest a worker waits for a provider's keys before it tries again.
+const MAX_THROTTLE_PAUSE: Duration = Duration::from_secs(60);
+
 /// Database errors in a row a worker sits out before the run gives up.
 const MAX_DB_FAILURES: u32 = 20;
 
@@ -87,11 +90,27 @@ pub enum RunError {
     Db(#[from] DbError),
 }
 
-/// Turns `film` into a sheet, keeping all state in `db`.
+/// Turns `film` into a sheet with the local analyzer, keeping all state in
+/// `db`.
 pub async fn run_local(
     db: &Db,
     film: &Path,
     options: &RunOptions,
+    on_event: &(dyn Fn(RunEvent) + Send + Sync),
+) -> Result<Sheet, RunError> {
+    let analyzer = LocalAnalyzer {
+        scene_threshold: options.scene_threshold,
+        ..LocalAnalyzer::default()
+    };
+    run_with(db, film, options, Arc::new(analyzer), on_event).await
+}
+
+/// Turns `film` into a sheet with `analyzer`, keeping all state in `db`.
+pub async fn run_with(
+    db: &Db,
+    film: &Path,
+    options: &RunOptions,
+    analyzer: Arc<dyn Analyzer>,
     on_event: &(dyn Fn(RunEvent) + Send + Sync),
 ) -> Result<Sheet, RunError> {
     if !(1..=64).contains(&options.concurrency) {
@@ -120,15 +139,11 @@ pub async fn run_local(
         on_event(RunEvent::Finalized);
         return Ok(sheet);
     }
-    let analyzer = LocalAnalyzer {
-        scene_threshold: options.scene_threshold,
-        ..LocalAnalyzer::default()
-    };
     let queue = Arc::new(ChunkQueue::new(total));
     let workers = (0..options.concurrency.min(total as usize)).map(|_| {
         let (db, analyzer, queue) = (db.clone(), analyzer.clone(), queue.clone());
         let config = options.worker;
-        async move { work(&db, &analyzer, video_id, &queue, &config, on_event).await }
+        async move { work(&db, analyzer.as_ref(), video_id, &queue, &config, on_event).await }
     });
     // The first worker to fail ends the run: the others are dropped with it,
     // and the chunks they held come back when their leases run out.
@@ -213,8 +228,13 @@ async fn work(
                     total: count("totalChunks"),
                 });
             }
-            Done::Retry { error } => {
+            Done::Retry { error, retry_after } => {
                 on_event(RunEvent::ChunkRetry { index, error });
+                if let Some(wait) = retry_after {
+                    // Every key rests: waiting here keeps this worker from
+                    // claiming and releasing the same chunk in a tight loop.
+                    tokio::time::sleep(wait.min(MAX_THROTTLE_PAUSE)).await;
+                }
                 queue.push(index);
             }
             Done::Busy | Done::LeaseLost => {

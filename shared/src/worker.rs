@@ -56,8 +56,13 @@ pub enum Done {
     AlreadyTerminal { status: String },
     /// Another worker holds a live lease: try again later.
     Busy,
-    /// The attempt failed, the chunk is pending again: try again later.
-    Retry { error: String },
+    /// The attempt failed, the chunk is pending again: try again later, not
+    /// before `retry_after` when it is given (the provider's keys rest; the
+    /// attempt was not counted).
+    Retry {
+        error: String,
+        retry_after: Option<Duration>,
+    },
     /// The lease was taken over while this worker analyzed; nothing saved.
     LeaseLost,
 }
@@ -153,11 +158,16 @@ impl Job<'_> {
             Outcome::AlreadyFailed => Done::AlreadyTerminal {
                 status: "failed".into(),
             },
-            Outcome::LeaseLost | Outcome::Retry | Outcome::Failed => Done::LeaseLost,
+            Outcome::LeaseLost | Outcome::Retry | Outcome::Failed | Outcome::Released => {
+                Done::LeaseLost
+            }
         })
     }
 
     async fn fail(&self, claimed: &ClaimedChunk, e: &AnalyzeError) -> Result<Done, DbError> {
+        if let (Some(wait), false) = (e.retry_after(), self.config.final_attempt) {
+            return self.release(claimed, e, wait).await;
+        }
         let retryable = e.is_retryable() && !self.config.final_attempt;
         let error = e.to_string();
         tracing::warn!(attempt = claimed.attempt, retryable, error = %e, "analysis failed");
@@ -174,7 +184,10 @@ impl Job<'_> {
             )
             .await?;
         Ok(match report.outcome {
-            Outcome::Retry => Done::Retry { error },
+            Outcome::Retry => Done::Retry {
+                error,
+                retry_after: None,
+            },
             Outcome::Failed => Done::Failed {
                 error,
                 progress: report.progress,
@@ -185,7 +198,36 @@ impl Job<'_> {
             Outcome::AlreadyFailed => Done::AlreadyTerminal {
                 status: "failed".into(),
             },
-            Outcome::LeaseLost | Outcome::Completed => Done::LeaseLost,
+            Outcome::LeaseLost | Outcome::Completed | Outcome::Released => Done::LeaseLost,
+        })
+    }
+
+    /// Gives the chunk back without counting the attempt: the analyzer could
+    /// not start for reasons outside the chunk (every key rate-limited).
+    async fn release(
+        &self,
+        claimed: &ClaimedChunk,
+        e: &AnalyzeError,
+        wait: Duration,
+    ) -> Result<Done, DbError> {
+        let error = e.to_string();
+        tracing::info!(retry_in_s = wait.as_secs(), error = %e, "chunk released: provider busy");
+        let report = self
+            .db
+            .release_chunk(self.video_id, self.chunk_index, claimed.lease_token, &error)
+            .await?;
+        Ok(match report.outcome {
+            Outcome::Released => Done::Retry {
+                error,
+                retry_after: Some(wait),
+            },
+            Outcome::AlreadyCompleted => Done::AlreadyTerminal {
+                status: "completed".into(),
+            },
+            Outcome::AlreadyFailed => Done::AlreadyTerminal {
+                status: "failed".into(),
+            },
+            _ => Done::LeaseLost,
         })
     }
 }
@@ -196,7 +238,8 @@ async fn analyze(
     claimed: &ClaimedChunk,
     timeout: Duration,
 ) -> Result<ChunkAnalysis, AnalyzeError> {
-    let request = request_for(video_id, claimed)?;
+    let mut request = request_for(video_id, claimed)?;
+    request.deadline = Some(tokio::time::Instant::now() + timeout);
     match tokio::time::timeout(timeout, analyzer.analyze(&request)).await {
         Ok(result) => result,
         Err(_) => Err(AnalyzeError::TimedOut {
@@ -227,6 +270,7 @@ fn request_for(video_id: Uuid, claimed: &ClaimedChunk) -> Result<ChunkRequest, A
         media,
         start_frame: claimed.start_frame,
         end_frame: claimed.end_frame,
+        deadline: None,
     })
 }
 

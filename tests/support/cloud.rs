@@ -30,6 +30,8 @@ pub enum Script {
     Unreadable,
     /// Waits this long, then answers like `Whole`.
     Slow(Duration),
+    /// Every API key rests for this long.
+    Throttled(Duration),
 }
 
 /// An analyzer that follows a script per chunk (default [`Script::Whole`])
@@ -85,6 +87,13 @@ impl Analyzer for ScriptedAnalyzer {
                     analyzer: "scripted",
                     message,
                     retryable: true,
+                })
+            }
+            Script::Throttled(wait) => {
+                return Err(AnalyzeError::Throttled {
+                    chunk_index: index,
+                    analyzer: "scripted",
+                    wait,
                 })
             }
             Script::Unreadable => {

@@ -3,6 +3,8 @@
 
 pub mod cloud;
 pub mod exact;
+pub mod fake_gemini;
+pub mod fake_replicate;
 pub mod film;
 pub mod fixtures;
 pub mod pg;

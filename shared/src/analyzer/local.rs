@@ -531,6 +531,7 @@ mod tests {
             media,
             start_frame,
             end_frame,
+            deadline: None,
         }
     }
 

@@ -6,9 +6,17 @@
 //! whether another attempt may succeed, which decides whether the queue
 //! retries the chunk.
 
+pub mod gemini;
+pub mod keys;
 pub mod local;
+pub mod output;
+pub mod remote;
+pub mod replicate;
+pub mod setup;
 
 pub use local::LocalAnalyzer;
+
+use std::time::Duration;
 
 use crate::model::{ChunkAnalysis, Shot, ShotType};
 use crate::probe::MediaInfo;
@@ -24,6 +32,9 @@ pub struct ChunkRequest {
     pub media: MediaInfo,
     pub start_frame: i64,
     pub end_frame: i64,
+    /// When the answer must be in (the worker's timeout, itself cut to the
+    /// Lambda deadline); remote analyzers end their retries before it.
+    pub deadline: Option<tokio::time::Instant>,
 }
 
 impl ChunkRequest {
@@ -122,6 +133,15 @@ pub enum AnalyzeError {
     /// Permanent: the analysis ran but its result breaks the contract.
     #[error("chunk {chunk_index}: unexpected analyzer output: {detail}")]
     BadOutput { chunk_index: u32, detail: String },
+    /// Retryable, and not the chunk's fault: every API key is rate-limited
+    /// for at least `wait`. The chunk goes back to the queue without using
+    /// up an attempt.
+    #[error("chunk {chunk_index}: {analyzer}: all API keys are rate-limited for at least {} s", wait.as_secs())]
+    Throttled {
+        chunk_index: u32,
+        analyzer: &'static str,
+        wait: Duration,
+    },
     /// A remote analyzer's failure, retryable or not as the provider said.
     #[error("chunk {chunk_index}: {analyzer}: {message}")]
     Provider {
@@ -138,7 +158,8 @@ impl AnalyzeError {
         match self {
             AnalyzeError::ToolFailed { .. }
             | AnalyzeError::TimedOut { .. }
-            | AnalyzeError::Io { .. } => true,
+            | AnalyzeError::Io { .. }
+            | AnalyzeError::Throttled { .. } => true,
             AnalyzeError::Provider { retryable, .. } => *retryable,
             AnalyzeError::BadRequest { .. }
             | AnalyzeError::SourceMissing { .. }
@@ -159,7 +180,17 @@ impl AnalyzeError {
             | AnalyzeError::TimedOut { chunk_index, .. }
             | AnalyzeError::Io { chunk_index, .. }
             | AnalyzeError::BadOutput { chunk_index, .. }
+            | AnalyzeError::Throttled { chunk_index, .. }
             | AnalyzeError::Provider { chunk_index, .. } => *chunk_index,
+        }
+    }
+
+    /// How long to wait before the chunk is worth another try, when the
+    /// error says (every key rate-limited).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            AnalyzeError::Throttled { wait, .. } => Some(*wait),
+            _ => None,
         }
     }
 }

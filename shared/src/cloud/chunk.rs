@@ -139,6 +139,8 @@ pub enum Wait {
     Busy,
     /// A failure that may pass: back off.
     Backoff,
+    /// The provider's keys rest this long.
+    After(Duration),
 }
 
 impl ChunkHandler {
@@ -163,6 +165,9 @@ impl ChunkHandler {
                         Wait::Now => Duration::ZERO,
                         Wait::Busy => self.worker.lease,
                         Wait::Backoff => backoff(receive_count(&record)),
+                        Wait::After(wait) => {
+                            (*wait).clamp(Duration::from_secs(1), RETRY_BACKOFF_MAX)
+                        }
                     };
                     tracing::warn!(message_id = %id, reason = %why, retry_in_s = delay.as_secs(), "message left for retry");
                     if let (Some(redelivery), Some(receipt)) =
@@ -266,7 +271,17 @@ impl ChunkHandler {
                 reason: "another worker holds the chunk".into(),
                 wait: Wait::Busy,
             },
-            Done::Retry { error } => RecordOutcome::retry(error),
+            Done::Retry {
+                error,
+                retry_after: None,
+            } => RecordOutcome::retry(error),
+            Done::Retry {
+                error,
+                retry_after: Some(wait),
+            } => RecordOutcome::Retry {
+                reason: error,
+                wait: Wait::After(wait),
+            },
             // Another worker took the chunk over, or this worker's own
             // failure report went through but its answer was lost: either
             // way, delivering the message again loses nothing, and a claim

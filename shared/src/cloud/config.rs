@@ -9,12 +9,19 @@
 //! | `CHUNK_QUEUE_URL`      | submit, force-finalize, process-chunk | the chunk queue (process-chunk: to set retry delays) |
 //! | `FINALIZE_QUEUE_URL`   | process-chunk                    | the finalize queue |
 //! | `CHUNK_MAX_RECEIVES`   | process-chunk (default 5)        | the chunk queue's `maxReceiveCount` |
-//! | `SHOTLIST_ANALYZER`    | process-chunk (default `local`)  | which analyzer runs |
+//! | `SHOTLIST_ANALYZER`    | process-chunk (default `local`)  | which analyzer runs: `local`, `gemini` or `replicate` |
+//! | `SHOTLIST_CHUNK_TIMEOUT` | process-chunk (default 300)    | seconds one chunk's analysis may take, retries included |
+//! | `GEMINI_API_KEYS`      | process-chunk, for `gemini`      | API keys, comma-separated |
+//! | `GEMINI_BASE_URL`, `GEMINI_MODEL` | process-chunk (optional) | the Gemini endpoint and model |
+//! | `REPLICATE_API_TOKENS` | process-chunk, for `replicate`   | API tokens, comma-separated |
+//! | `REPLICATE_BASE_URL`, `REPLICATE_MODEL` | process-chunk (optional) | the Replicate endpoint and model (owner/name) |
 //! | `SHOTLIST_SOURCE_ROOT` | submit (optional)                | folder or URL prefix that bucket keys are under |
 
 use std::sync::Arc;
 
-use crate::analyzer::local::LocalAnalyzer;
+use std::time::Duration;
+
+use crate::analyzer::setup::{self, AnalyzerKind, AnalyzerSetup};
 use crate::analyzer::Analyzer;
 use crate::cloud::api::{Api, SourceRoot};
 use crate::cloud::auth::Verifier;
@@ -25,6 +32,9 @@ use crate::db::Db;
 use crate::plan::PlanParams;
 use crate::probe::ProbeOptions;
 use crate::worker::WorkerConfig;
+
+/// How much longer than an analysis a claim holds its chunk.
+const LEASE_MARGIN: Duration = Duration::from_secs(60);
 
 /// Connections one function instance keeps: it handles one event at a time.
 pub const POOL_SIZE: usize = 2;
@@ -75,13 +85,49 @@ pub async fn queue(name: &str) -> Result<(Arc<dyn MessageQueue>, String), Config
     Ok((Arc::new(SqsQueue::new(url, client)), queue_name))
 }
 
-/// The analyzer named by `SHOTLIST_ANALYZER` (default `local`).
-pub fn analyzer() -> Result<Arc<dyn Analyzer>, ConfigError> {
-    match optional("SHOTLIST_ANALYZER").as_deref().unwrap_or("local") {
-        "local" => Ok(Arc::new(LocalAnalyzer::default())),
-        other => Err(ConfigError(format!(
-            "SHOTLIST_ANALYZER {other:?} is not available in this build; it has: local"
-        ))),
+/// The analyzer `SHOTLIST_ANALYZER` names (default `local`) and
+/// `SHOTLIST_CHUNK_TIMEOUT`, checked against the variables the analyzer
+/// needs (its keys), without connecting anywhere.
+pub fn analyzer_setup() -> Result<AnalyzerSetup, ConfigError> {
+    let kind: AnalyzerKind = match optional("SHOTLIST_ANALYZER") {
+        None => AnalyzerKind::Local,
+        Some(name) => name
+            .parse()
+            .map_err(|e| ConfigError(format!("SHOTLIST_ANALYZER: {e}")))?,
+    };
+    let mut analyzer = AnalyzerSetup {
+        kind,
+        ..AnalyzerSetup::default()
+    };
+    analyzer.model.chunk_timeout = chunk_timeout()?;
+    let budget = setup::check(&analyzer, &env_var).map_err(ConfigError)?;
+    if let Some(budget) = budget {
+        tracing::info!(
+            analyzer = %kind,
+            chunk_input_tokens = budget.chunk_input_tokens,
+            chunk_tokens = budget.chunk_tokens,
+            "analyzer configured"
+        );
+    }
+    Ok(analyzer)
+}
+
+/// The analyzer `analyzer` describes, with the keys and endpoints its
+/// variables give; `db` keeps Gemini's uploads.
+pub fn analyzer(analyzer: &AnalyzerSetup, db: &Db) -> Result<Arc<dyn Analyzer>, ConfigError> {
+    let built = setup::build(analyzer, &env_var, db).map_err(ConfigError)?;
+    Ok(built.analyzer)
+}
+
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// `SHOTLIST_CHUNK_TIMEOUT`, default 300 s.
+pub fn chunk_timeout() -> Result<Duration, ConfigError> {
+    match optional("SHOTLIST_CHUNK_TIMEOUT") {
+        None => Ok(WorkerConfig::default().chunk_timeout),
+        Some(v) => setup::parse_chunk_timeout("SHOTLIST_CHUNK_TIMEOUT", &v).map_err(ConfigError),
     }
 }
 
@@ -104,9 +150,11 @@ pub fn max_receives() -> Result<u32, ConfigError> {
 
 /// The process-chunk function's handler.
 pub async fn chunk_handler() -> Result<ChunkHandler, ConfigError> {
-    let analyzer = analyzer()?;
     let max_receives = max_receives()?;
+    let setup = analyzer_setup()?;
+    let chunk_timeout = setup.model.chunk_timeout;
     let db = database().await?;
+    let analyzer = analyzer(&setup, &db)?;
     let (finalize_queue, _) = queue("FINALIZE_QUEUE_URL").await?;
     let chunk_queue_url = optional("CHUNK_QUEUE_URL");
     let queue_name = chunk_queue_url
@@ -125,7 +173,11 @@ pub async fn chunk_handler() -> Result<ChunkHandler, ConfigError> {
         db,
         analyzer,
         finalize_queue,
-        worker: WorkerConfig::default(),
+        worker: WorkerConfig {
+            chunk_timeout,
+            lease: chunk_timeout + LEASE_MARGIN,
+            ..WorkerConfig::default()
+        },
         max_receives,
         queue_name,
         redelivery,
