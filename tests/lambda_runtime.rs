@@ -948,3 +948,32 @@ async fn a_malformed_database_url_is_refused_without_showing_its_password() {
         "the database password leaked:\n{text}"
     );
 }
+
+#[tokio::test]
+async fn process_chunk_refuses_an_ai_analyzer_without_keys_or_with_a_bad_list() {
+    let (_db, url) = fresh_db().await;
+    let missing = refused(
+        "process-chunk",
+        &[
+            ("DATABASE_URL", url.as_str()),
+            ("FINALIZE_QUEUE_URL", FINALIZE_QUEUE_URL),
+            ("SHOTLIST_ANALYZER", "replicate"),
+        ],
+    )
+    .await;
+    assert!(missing.contains("REPLICATE_API_TOKENS is not set"), "{missing}");
+    let secret = "AIzaSyLeakCanary0123456789";
+    let stray = format!("{secret},,{secret}2");
+    let bad = refused(
+        "process-chunk",
+        &[
+            ("DATABASE_URL", url.as_str()),
+            ("FINALIZE_QUEUE_URL", FINALIZE_QUEUE_URL),
+            ("SHOTLIST_ANALYZER", "gemini"),
+            ("GEMINI_API_KEYS", stray.as_str()),
+        ],
+    )
+    .await;
+    assert!(bad.contains("GEMINI_API_KEYS: key 2"), "{bad}");
+    assert!(!bad.contains(secret), "a key leaked:\n{bad}");
+}
