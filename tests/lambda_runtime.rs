@@ -961,7 +961,10 @@ async fn process_chunk_refuses_an_ai_analyzer_without_keys_or_with_a_bad_list() 
         ],
     )
     .await;
-    assert!(missing.contains("REPLICATE_API_TOKENS is not set"), "{missing}");
+    assert!(
+        missing.contains("REPLICATE_API_TOKENS is not set"),
+        "{missing}"
+    );
     let secret = "AIzaSyLeakCanary0123456789";
     let stray = format!("{secret},,{secret}2");
     let bad = refused(
