@@ -26,17 +26,8 @@ async fn a_49_minute_film_through_fake_gemini_keeps_every_cut_and_takes_the_mode
     let film = make_film(&film_dir(), fps, &cuts, frames, true);
     let keys = keys(2);
     let fake = FakeGemini::start(keys.clone());
-    let vars = [
-        ("GEMINI_API_KEYS".to_string(), keys.join(",")),
-        ("GEMINI_BASE_URL".to_string(), fake.base_url().to_string()),
-    ];
-    let var = |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     let (db, _) = fresh_db().await;
-    let analyzer = AnalyzerSetup {
-        kind: AnalyzerKind::Gemini,
-        ..AnalyzerSetup::default()
-    };
-    let built = setup::build(&analyzer, &var, &db).expect("the analyzer is configured");
+    let analyzer = model_analyzer(AnalyzerKind::Gemini, fake.base_url(), &keys, &db);
     let done = AtomicU32::new(0);
     let on_event = |event: RunEvent| {
         if let RunEvent::ChunkDone { .. } = event {
@@ -44,7 +35,7 @@ async fn a_49_minute_film_through_fake_gemini_keeps_every_cut_and_takes_the_mode
         }
     };
     let options = RunOptions::default();
-    let sheet = run_with(&db, &film.path, &options, built.analyzer, &on_event)
+    let sheet = run_with(&db, &film.path, &options, analyzer, &on_event)
         .await
         .expect("the run succeeds");
 
@@ -93,4 +84,95 @@ async fn a_49_minute_film_through_fake_gemini_keeps_every_cut_and_takes_the_mode
         .await
         .expect("the local run succeeds");
     assert_eq!(starts(&sheet), starts(&local));
+}
+
+/// A model analyzer for `kind` against a fake at `base_url` with `keys`.
+fn model_analyzer(
+    kind: AnalyzerKind,
+    base_url: &str,
+    keys: &[String],
+    db: &shotlist_shared::db::Db,
+) -> std::sync::Arc<dyn shotlist_shared::analyzer::Analyzer> {
+    let (keys_var, url_var) = match kind {
+        AnalyzerKind::Gemini => ("GEMINI_API_KEYS", "GEMINI_BASE_URL"),
+        _ => ("REPLICATE_API_TOKENS", "REPLICATE_BASE_URL"),
+    };
+    let vars = [
+        (keys_var.to_string(), keys.join(",")),
+        (url_var.to_string(), base_url.to_string()),
+    ];
+    let var = |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let setup = AnalyzerSetup {
+        kind,
+        ..AnalyzerSetup::default()
+    };
+    setup::build(&setup, &var, db)
+        .expect("the analyzer is configured")
+        .analyzer
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replicate_key_rate_limited_sends_the_chunk_back_without_spending_an_attempt() {
+    use shotlist_shared::worker::{process_chunk, Done, WorkerConfig};
+    use shotlist_tests::fake_replicate::{keys, FakeReplicate};
+
+    let film = shotlist_tests::film::city_footage();
+    let media = shotlist_shared::probe::probe(&film).await.expect("probe");
+    let (db, _) = fresh_db().await;
+    let video_id = uuid::Uuid::new_v4();
+    db.register_film(
+        video_id,
+        &film.to_string_lossy(),
+        &media,
+        Default::default(),
+    )
+    .await
+    .expect("register");
+    let keys = keys(2);
+    let limited = FakeReplicate::start(keys.clone());
+    limited.throttle(1, 30);
+    limited.throttle(2, 30);
+    let analyzer = model_analyzer(AnalyzerKind::Replicate, limited.base_url(), &keys, &db);
+    let config = WorkerConfig::default();
+    for _ in 0..3 {
+        let done = process_chunk(&db, analyzer.as_ref(), video_id, 0, &config)
+            .await
+            .expect("the database answers");
+        let Done::Retry {
+            error,
+            retry_after: Some(wait),
+        } = &done
+        else {
+            panic!("expected a throttled retry, got {done:?}");
+        };
+        assert!(error.contains("rate-limited"), "{error}");
+        assert!(wait.as_secs() >= 20 && wait.as_secs() <= 30, "{wait:?}");
+        let chunk = &db.chunk_progress(video_id).await.expect("progress")["chunks"][0];
+        assert_eq!(
+            (chunk["status"].as_str(), chunk["attempts"].as_i64()),
+            (Some("pending"), Some(0))
+        );
+    }
+
+    // The limit passed: the next attempt is the chunk's first.
+    let free = FakeReplicate::start(keys.clone());
+    let analyzer = model_analyzer(AnalyzerKind::Replicate, free.base_url(), &keys, &db);
+    let done = process_chunk(&db, analyzer.as_ref(), video_id, 0, &config)
+        .await
+        .expect("the database answers");
+    assert!(matches!(done, Done::Completed(_)), "{done:?}");
+    let chunk = &db.chunk_progress(video_id).await.expect("progress")["chunks"][0];
+    assert_eq!(
+        (chunk["status"].as_str(), chunk["attempts"].as_i64()),
+        (Some("completed"), Some(1))
+    );
+    let sheet = db.finalize(video_id).await.expect("finalize");
+    assert!(
+        sheet
+            .shots
+            .iter()
+            .all(|s| s.description.starts_with("fake replicate")),
+        "{:?}",
+        sheet.shots
+    );
 }
