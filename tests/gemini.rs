@@ -22,6 +22,7 @@ use shotlist_shared::uploads::{
     AccountUpload, ProviderFile, UploadClaim, UploadSlot, UploadState, UploadStore,
 };
 use shotlist_tests::fake_gemini::{self, FakeGemini, FileOutcome, Reply};
+use shotlist_tests::fake_server::FakeServer;
 use shotlist_tests::film::{film_dir, make_film, Film};
 use shotlist_tests::fixtures::{self, described_film};
 use shotlist_tests::pg::{connect, fresh_db};
@@ -131,6 +132,14 @@ fn question(within: Duration) -> Question {
         schema: schema(),
         max_output_tokens: 4096,
         deadline: Instant::now() + within,
+    }
+}
+
+/// The token of a claim on `slot` that `db` must grant; `why` says why.
+async fn claim_token(db: &Db, slot: &UploadSlot, hold: Duration, why: &str) -> Uuid {
+    match db.claim_upload(slot, hold).await.unwrap() {
+        UploadClaim::Claimed { token } => token,
+        other => panic!("{why}: expected a claim, got {other:?}"),
     }
 }
 
@@ -335,12 +344,11 @@ async fn a_500_until_the_deadline_fails_retryably_by_the_deadline() {
     let (message, retryable) = provider_error(&error);
     assert!(retryable, "{error}");
     assert!(message.contains("500"), "{message}");
-    assert!(
-        elapsed <= within + Duration::from_millis(250),
-        "{elapsed:?}"
-    );
     let calls = rig.fake.counters().generate_total() - 1;
     assert!(calls >= 2, "tried {calls} times");
+    // The retries stop for the deadline: all six of them would take more
+    // than 20 s. The slack is for a busy machine.
+    assert!(elapsed <= within + Duration::from_secs(2), "{elapsed:?}");
 }
 
 #[tokio::test]
@@ -353,7 +361,6 @@ async fn a_429_moves_the_call_to_the_next_key_at_once_and_the_key_rests() {
     let reply = rig.ask(1).await.expect("answered with key 2");
     let elapsed = started.elapsed();
     assert_eq!(reply.finish, Finish::Complete);
-    assert!(elapsed < Duration::from_millis(1500), "{elapsed:?}");
     let counters = rig.fake.counters();
     assert_eq!(counters.generate_calls.get(&1), Some(&2));
     assert_eq!(counters.generate_calls.get(&2), Some(&1));
@@ -361,6 +368,9 @@ async fn a_429_moves_the_call_to_the_next_key_at_once_and_the_key_rests() {
     assert_eq!(counters.uploads_started, 2);
     let lease = rig.pool.try_acquire(&[0]).expect("key 2 is free");
     assert_eq!(lease.number(), 2, "key 1 rests");
+    // A sanity bound only: far under key 1's 30 s rest, so nothing waited
+    // for it.
+    assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
 }
 
 #[tokio::test]
@@ -372,7 +382,8 @@ async fn every_key_rate_limited_throttles_with_the_servers_wait() {
         .script_key(2, [Reply::RateLimited(Duration::from_secs(20))]);
     let started = Instant::now();
     let error = rig.ask(0).await.expect_err("every key is rate-limited");
-    assert!(started.elapsed() < Duration::from_secs(2));
+    // A sanity bound only: far under the keys' 20 s and 30 s rests.
+    assert!(started.elapsed() < Duration::from_secs(10));
     let AnalyzeError::Throttled { wait, .. } = error else {
         panic!("expected throttled, got {error:?}");
     };
@@ -437,11 +448,9 @@ async fn a_film_at_an_http_url_is_streamed_into_the_upload() {
             async move { served }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let server = FakeServer::start(app);
     let mut request = rig.chunk(2);
-    request.source = format!("http://{address}/films/film.mov?signature=secret");
+    request.source = format!("{}/films/film.mov?signature=secret", server.base_url());
     let reply = rig
         .gemini
         .ask(&request, &question(Duration::from_secs(20)))
@@ -574,9 +583,7 @@ async fn claims_of_one_film_let_exactly_one_worker_upload() {
         }]
     );
     // The other account has no file and nothing is under way: it uploads.
-    let UploadClaim::Claimed { token: second } = db.claim_upload(other, hold).await.unwrap() else {
-        panic!("the other account may upload now");
-    };
+    let second = claim_token(&db, other, hold, "the other account may upload now").await;
     assert!(db.release_upload(other, second).await.unwrap());
 
     assert!(!db.forget_upload(mine, "files/other").await.unwrap());
@@ -592,21 +599,10 @@ async fn expired_files_and_dead_claims_are_taken_over_and_failures_stick() {
     let (db, url) = fresh_db().await;
     let video_id = described_film(&db, FILM_FRAMES, "25/1").await;
     let slot = UploadSlot::new(video_id, "gemini", 1);
-    let UploadClaim::Claimed { token: dead } = db
-        .claim_upload(&slot, Duration::from_secs(1))
-        .await
-        .unwrap()
-    else {
-        panic!("first claim");
-    };
+    let hold = Duration::from_secs(60);
+    let dead = claim_token(&db, &slot, Duration::from_secs(1), "first claim").await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let UploadClaim::Claimed { token } = db
-        .claim_upload(&slot, Duration::from_secs(60))
-        .await
-        .unwrap()
-    else {
-        panic!("a dead claim is taken over");
-    };
+    let token = claim_token(&db, &slot, hold, "a dead claim is taken over").await;
     let file = ProviderFile {
         name: "files/x1".into(),
         uri: "u".into(),
@@ -648,13 +644,7 @@ async fn expired_files_and_dead_claims_are_taken_over_and_failures_stick() {
         .await
         .unwrap()
         .is_empty());
-    let UploadClaim::Claimed { token } = db
-        .claim_upload(&slot, Duration::from_secs(60))
-        .await
-        .unwrap()
-    else {
-        panic!("an expired file is uploaded again");
-    };
+    let token = claim_token(&db, &slot, hold, "an expired file is uploaded again").await;
     let file = ProviderFile {
         name: "files/x2".into(),
         ..file
@@ -669,10 +659,7 @@ async fn expired_files_and_dead_claims_are_taken_over_and_failures_stick() {
         .unwrap());
     for account in [1, 2] {
         let claim = db
-            .claim_upload(
-                &UploadSlot::new(video_id, "gemini", account),
-                Duration::from_secs(60),
-            )
+            .claim_upload(&UploadSlot::new(video_id, "gemini", account), hold)
             .await
             .unwrap();
         let expected = UploadClaim::Failed {
@@ -695,12 +682,13 @@ async fn only_the_service_role_may_touch_provider_files() {
         "public.forget_provider_file(uuid, text, text, text)",
         "public.provider_file_accounts(uuid, text)",
     ];
+    let roles = [
+        ("service_role", true),
+        ("anon", false),
+        ("authenticated", false),
+    ];
     for function in functions {
-        for (role, allowed) in [
-            ("service_role", true),
-            ("anon", false),
-            ("authenticated", false),
-        ] {
+        for (role, allowed) in roles {
             let may: bool = client
                 .query_typed_one(
                     "SELECT has_function_privilege($1, $2, 'EXECUTE')",
@@ -712,11 +700,7 @@ async fn only_the_service_role_may_touch_provider_files() {
             assert_eq!(may, allowed, "{role} on {function}");
         }
     }
-    for (role, allowed) in [
-        ("service_role", true),
-        ("anon", false),
-        ("authenticated", false),
-    ] {
+    for (role, allowed) in roles {
         let may: bool = client
             .query_typed_one(
                 "SELECT has_table_privilege($1, 'shotlist.provider_files', 'SELECT')",

@@ -15,9 +15,10 @@
 
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
-use tokio_postgres::types::Type;
+use tokio_postgres::types::{ToSql, Type};
 use uuid::Uuid;
 
 use crate::db::{Db, DbError};
@@ -222,6 +223,48 @@ fn flag(answer: &Value, field: &str) -> bool {
     answer.get(field).and_then(Value::as_bool).unwrap_or(false)
 }
 
+/// One SQL parameter with its type.
+type Param<'a> = (&'a (dyn ToSql + Sync), Type);
+
+/// Calls the function of `sql` (`SELECT public.f($1, ...)`) about `slot`:
+/// its first three parameters name the slot's row (video, provider,
+/// account), and `more` follow.
+async fn call_for_slot<T: DeserializeOwned>(
+    db: &Db,
+    sql: &'static str,
+    slot: &UploadSlot,
+    more: &[Param<'_>],
+) -> Result<T, DbError> {
+    let provider = slot.provider.to_string();
+    let mut params: Vec<Param<'_>> = vec![
+        (&slot.video_id, Type::UUID),
+        (&provider, Type::TEXT),
+        (&slot.account, Type::TEXT),
+    ];
+    params.extend_from_slice(more);
+    db.call(function_name(sql), sql, &params).await
+}
+
+/// [`call_for_slot`], answering the boolean `field` of the function's
+/// answer.
+async fn flag_for_slot(
+    db: &Db,
+    sql: &'static str,
+    slot: &UploadSlot,
+    more: &[Param<'_>],
+    field: &str,
+) -> Result<bool, DbError> {
+    let answer: Value = call_for_slot(db, sql, slot, more).await?;
+    Ok(flag(&answer, field))
+}
+
+/// The name of the function a `SELECT public.name(...)` statement calls,
+/// which errors and logs give.
+fn function_name(sql: &str) -> &str {
+    let call = sql.strip_prefix("SELECT public.").unwrap_or(sql);
+    call.split_once('(').map_or(call, |(name, _)| name)
+}
+
 #[async_trait::async_trait]
 impl UploadStore for Db {
     async fn upload_accounts(
@@ -243,21 +286,10 @@ impl UploadStore for Db {
         slot: &UploadSlot,
         hold: Duration,
     ) -> Result<UploadClaim, DbError> {
-        let provider = slot.provider.to_string();
         // The function refuses claims outside (0 s, 1 h].
         let hold = hold.as_secs_f64().clamp(1.0, 3600.0);
-        let answer: ClaimAnswer = self
-            .call(
-                "claim_provider_file",
-                CLAIM,
-                &[
-                    (&slot.video_id, Type::UUID),
-                    (&provider, Type::TEXT),
-                    (&slot.account, Type::TEXT),
-                    (&hold, Type::FLOAT8),
-                ],
-            )
-            .await?;
+        let answer: ClaimAnswer =
+            call_for_slot(self, CLAIM, slot, &[(&hold, Type::FLOAT8)]).await?;
         Ok(answer.into())
     }
 
@@ -268,25 +300,15 @@ impl UploadStore for Db {
         file: &ProviderFile,
         active: bool,
     ) -> Result<bool, DbError> {
-        let provider = slot.provider.to_string();
-        let answer: Value = self
-            .call(
-                "save_provider_file",
-                SAVE,
-                &[
-                    (&slot.video_id, Type::UUID),
-                    (&provider, Type::TEXT),
-                    (&slot.account, Type::TEXT),
-                    (&token, Type::UUID),
-                    (&file.name, Type::TEXT),
-                    (&file.uri, Type::TEXT),
-                    (&file.mime_type, Type::TEXT),
-                    (&active, Type::BOOL),
-                    (&file.expire_time, Type::TEXT),
-                ],
-            )
-            .await?;
-        Ok(flag(&answer, "saved"))
+        let more: [Param<'_>; 6] = [
+            (&token, Type::UUID),
+            (&file.name, Type::TEXT),
+            (&file.uri, Type::TEXT),
+            (&file.mime_type, Type::TEXT),
+            (&active, Type::BOOL),
+            (&file.expire_time, Type::TEXT),
+        ];
+        flag_for_slot(self, SAVE, slot, &more, "saved").await
     }
 
     async fn fail_upload(
@@ -296,56 +318,20 @@ impl UploadStore for Db {
         file_name: Option<&str>,
         error: &str,
     ) -> Result<bool, DbError> {
-        let provider = slot.provider.to_string();
-        let answer: Value = self
-            .call(
-                "fail_provider_file",
-                FAIL,
-                &[
-                    (&slot.video_id, Type::UUID),
-                    (&provider, Type::TEXT),
-                    (&slot.account, Type::TEXT),
-                    (&token, Type::UUID),
-                    (&file_name, Type::TEXT),
-                    (&error, Type::TEXT),
-                ],
-            )
-            .await?;
-        Ok(flag(&answer, "failed"))
+        let more: [Param<'_>; 3] = [
+            (&token, Type::UUID),
+            (&file_name, Type::TEXT),
+            (&error, Type::TEXT),
+        ];
+        flag_for_slot(self, FAIL, slot, &more, "failed").await
     }
 
     async fn release_upload(&self, slot: &UploadSlot, token: Uuid) -> Result<bool, DbError> {
-        let provider = slot.provider.to_string();
-        let answer: Value = self
-            .call(
-                "release_provider_file",
-                RELEASE,
-                &[
-                    (&slot.video_id, Type::UUID),
-                    (&provider, Type::TEXT),
-                    (&slot.account, Type::TEXT),
-                    (&token, Type::UUID),
-                ],
-            )
-            .await?;
-        Ok(flag(&answer, "released"))
+        flag_for_slot(self, RELEASE, slot, &[(&token, Type::UUID)], "released").await
     }
 
     async fn forget_upload(&self, slot: &UploadSlot, file_name: &str) -> Result<bool, DbError> {
-        let provider = slot.provider.to_string();
-        let answer: Value = self
-            .call(
-                "forget_provider_file",
-                FORGET,
-                &[
-                    (&slot.video_id, Type::UUID),
-                    (&provider, Type::TEXT),
-                    (&slot.account, Type::TEXT),
-                    (&file_name, Type::TEXT),
-                ],
-            )
-            .await?;
-        Ok(flag(&answer, "forgotten"))
+        flag_for_slot(self, FORGET, slot, &[(&file_name, Type::TEXT)], "forgotten").await
     }
 }
 
@@ -395,5 +381,14 @@ mod tests {
                 error: "bad codec".into()
             }
         );
+    }
+
+    #[test]
+    fn calls_are_named_after_their_function() {
+        assert_eq!(function_name(CLAIM), "claim_provider_file");
+        assert_eq!(function_name(SAVE), "save_provider_file");
+        assert_eq!(function_name(FAIL), "fail_provider_file");
+        assert_eq!(function_name(RELEASE), "release_provider_file");
+        assert_eq!(function_name(FORGET), "forget_provider_file");
     }
 }

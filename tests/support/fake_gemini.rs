@@ -18,8 +18,8 @@
 //! exact form `Shot {n}: {start} s to {end} s` and describes each shot in
 //! valid JSON, times jittered by a few milliseconds.
 //!
-//! The server runs on a thread and runtime of its own, so it outlives any
-//! test runtime and never shares a tracing subscriber with the test.
+//! The server is a [`FakeServer`]: it outlives any test runtime, never
+//! shares a tracing subscriber with the test, and stops when dropped.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -33,6 +33,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::StreamExt;
 use serde_json::{json, Value};
+
+use crate::fake_server::FakeServer;
 
 /// One scripted answer of `generateContent`.
 #[derive(Debug, Clone, PartialEq)]
@@ -183,10 +185,8 @@ fn lock(state: &Shared) -> MutexGuard<'_, Fake> {
 
 /// A running fake; stopped when dropped.
 pub struct FakeGemini {
-    base_url: String,
+    server: FakeServer,
     state: Shared,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl FakeGemini {
@@ -195,45 +195,20 @@ impl FakeGemini {
     /// # Panics
     /// When it cannot bind a port on 127.0.0.1: this is test support.
     pub fn start(keys: Vec<String>) -> FakeGemini {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1");
-        listener
-            .set_nonblocking(true)
-            .expect("a non-blocking socket");
-        let base_url = format!("http://{}", listener.local_addr().expect("an address"));
         let state: Shared = Arc::new(Mutex::new(Fake {
-            base_url: base_url.clone(),
             keys,
             ..Fake::default()
         }));
-        let app = router(state.clone());
-        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime for the fake");
-            runtime.block_on(async move {
-                let listener =
-                    tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = stopped.await;
-                    })
-                    .await
-                    .expect("serving the fake");
-            });
-        });
-        FakeGemini {
-            base_url,
-            state,
-            shutdown: Some(shutdown),
-            thread: Some(thread),
-        }
+        let server = FakeServer::start(router(state.clone()));
+        // Nobody knows the address before `start` returns: no call can come
+        // before the fake knows its own URL.
+        lock(&state).base_url = server.base_url().to_string();
+        FakeGemini { server, state }
     }
 
     /// The base URL to give the analyzer (`http://127.0.0.1:PORT`).
     pub fn base_url(&self) -> &str {
-        &self.base_url
+        self.server.base_url()
     }
 
     fn state(&self) -> MutexGuard<'_, Fake> {
@@ -293,17 +268,6 @@ impl FakeGemini {
     }
 }
 
-impl Drop for FakeGemini {
-    fn drop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 fn router(state: Shared) -> Router {
     Router::new()
         .route("/upload/v1beta/files", post(upload))
@@ -336,39 +300,32 @@ fn check_key(
     query: Option<&str>,
 ) -> Result<usize, Box<Response>> {
     let mut fake = lock(state);
-    if query.is_some_and(|q| q.split('&').any(|p| p.starts_with("key="))) {
-        fake.counters.refused_keys += 1;
-        let message = "the fake refuses keys in the URL: send x-goog-api-key";
-        return Err(Box::new(google_error(
+    let in_url = query.is_some_and(|q| q.split('&').any(|p| p.starts_with("key=")));
+    let given = headers.get("x-goog-api-key").and_then(|v| v.to_str().ok());
+    let known = given.and_then(|given| fake.keys.iter().position(|k| k == given));
+    let (status, reason, message) = match (in_url, given, known) {
+        (true, _, _) => (
             StatusCode::BAD_REQUEST,
             "INVALID_ARGUMENT",
-            message,
-        )));
-    }
-    let Some(given) = headers.get("x-goog-api-key").and_then(|v| v.to_str().ok()) else {
-        fake.counters.refused_keys += 1;
-        let message = "Method doesn't allow unregistered callers. Please use an API key.";
-        return Err(Box::new(google_error(
+            "the fake refuses keys in the URL: send x-goog-api-key",
+        ),
+        (false, None, _) => (
             StatusCode::UNAUTHORIZED,
             "UNAUTHENTICATED",
-            message,
-        )));
-    };
-    match fake.keys.iter().position(|k| k == given) {
-        Some(index) => {
+            "Method doesn't allow unregistered callers. Please use an API key.",
+        ),
+        (false, Some(_), None) => (
+            StatusCode::FORBIDDEN,
+            "PERMISSION_DENIED",
+            "API key not valid. Please pass a valid API key.",
+        ),
+        (false, Some(_), Some(index)) => {
             fake.counters.keys_seen.insert(index + 1);
-            Ok(index + 1)
+            return Ok(index + 1);
         }
-        None => {
-            fake.counters.refused_keys += 1;
-            let message = "API key not valid. Please pass a valid API key.";
-            Err(Box::new(google_error(
-                StatusCode::FORBIDDEN,
-                "PERMISSION_DENIED",
-                message,
-            )))
-        }
-    }
+    };
+    fake.counters.refused_keys += 1;
+    Err(Box::new(google_error(status, reason, message)))
 }
 
 async fn upload(

@@ -14,9 +14,9 @@
 //! be throttled (429 with Replicate's "resets in ~Ns" detail) or refused
 //! (401), and creates can be made to fail with given statuses first.
 //!
-//! The server runs on its own thread and runtime, so it serves tests on any
-//! runtime (or none) and its own logs never mix with a test's; it stops when
-//! the [`FakeReplicate`] is dropped.
+//! The server is a [`FakeServer`]: it serves tests on any runtime (or none),
+//! its own logs never mix with a test's, and it stops when the
+//! [`FakeReplicate`] is dropped.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -29,6 +29,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
+
+use crate::fake_server::FakeServer;
 
 /// How a scripted prediction ends.
 #[derive(Debug, Clone, PartialEq)]
@@ -138,10 +140,8 @@ type Shared = Arc<Mutex<Fake>>;
 
 /// A running fake; stops when dropped.
 pub struct FakeReplicate {
-    base_url: String,
+    server: FakeServer,
     state: Shared,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 /// `n` distinct key values, made to be recognisable in a log.
@@ -157,45 +157,20 @@ impl FakeReplicate {
     /// # Panics
     /// When it cannot bind a port on 127.0.0.1: this is test support.
     pub fn start(keys: Vec<String>) -> FakeReplicate {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1");
-        listener
-            .set_nonblocking(true)
-            .expect("a non-blocking socket");
-        let base_url = format!("http://{}", listener.local_addr().expect("an address"));
         let state: Shared = Arc::new(Mutex::new(Fake {
-            base_url: base_url.clone(),
             keys,
             ..Fake::default()
         }));
-        let app = router(state.clone());
-        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime for the fake");
-            runtime.block_on(async move {
-                let listener =
-                    tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = stopped.await;
-                    })
-                    .await
-                    .expect("serving the fake");
-            });
-        });
-        FakeReplicate {
-            base_url,
-            state,
-            shutdown: Some(shutdown),
-            thread: Some(thread),
-        }
+        let server = FakeServer::start(router(state.clone()));
+        // Nobody knows the address before `start` returns: no call can come
+        // before the fake knows its own URL.
+        lock(&state).base_url = server.base_url().to_string();
+        FakeReplicate { server, state }
     }
 
     /// The base URL to give the analyzer (`http://127.0.0.1:PORT`).
     pub fn base_url(&self) -> &str {
-        &self.base_url
+        self.server.base_url()
     }
 
     fn state(&self) -> MutexGuard<'_, Fake> {
@@ -248,7 +223,7 @@ impl FakeReplicate {
         self.state()
             .media
             .insert(name.to_string(), Bytes::from(bytes));
-        format!("{}/media/{name}", self.base_url)
+        format!("{}/media/{name}", self.base_url())
     }
 
     /// Every call received, in order.
@@ -281,17 +256,6 @@ impl FakeReplicate {
     }
 }
 
-impl Drop for FakeReplicate {
-    fn drop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 fn router(state: Shared) -> Router {
     Router::new()
         .route("/v1/files", post(upload))
@@ -311,8 +275,37 @@ fn unauthorized() -> Response {
     detail(StatusCode::UNAUTHORIZED, "Unauthenticated")
 }
 
+fn not_found() -> Response {
+    detail(StatusCode::NOT_FOUND, "Not found.")
+}
+
 fn detail(status: StatusCode, text: &str) -> Response {
     (status, Json(json!({ "detail": text }))).into_response()
+}
+
+/// Answers a call with `handle`, given the key's number, when the call is
+/// authorized (with a 401 when not), and records the call and its status.
+fn serve(
+    state: &Shared,
+    method: &str,
+    path: String,
+    headers: &HeaderMap,
+    handle: impl FnOnce(&mut Fake, usize) -> Response,
+) -> Response {
+    let mut fake = lock(state);
+    let key = fake.authorize(headers);
+    let response = match key {
+        Some(key) => handle(&mut fake, key),
+        None => unauthorized(),
+    };
+    fake.calls.push(Call {
+        method: method.to_string(),
+        path,
+        key,
+        status: response.status().as_u16(),
+        at: Instant::now(),
+    });
+    response
 }
 
 impl Fake {
@@ -332,23 +325,6 @@ impl Fake {
         Some(detail(StatusCode::TOO_MANY_REQUESTS, &text))
     }
 
-    fn record(
-        &mut self,
-        method: &str,
-        path: String,
-        key: Option<usize>,
-        response: Response,
-    ) -> Response {
-        self.calls.push(Call {
-            method: method.to_string(),
-            path,
-            key,
-            status: response.status().as_u16(),
-            at: Instant::now(),
-        });
-        response
-    }
-
     fn new_id(&mut self, prefix: &str) -> String {
         self.next_id += 1;
         format!("{prefix}{:08}x", self.next_id)
@@ -359,6 +335,25 @@ impl Fake {
         keyed
             .or_else(|| self.scripts.pop_front())
             .unwrap_or(Script::at_once(Outcome::Echo))
+    }
+
+    /// Changes key `key`'s prediction `id` with `change`, then answers it
+    /// as it stands; 404 when the key has no such prediction.
+    fn with_prediction(
+        &mut self,
+        id: &str,
+        key: usize,
+        change: impl FnOnce(&mut Live),
+    ) -> Response {
+        let Some(index) = self
+            .predictions
+            .iter()
+            .position(|p| p.record.id == id && p.record.key == key)
+        else {
+            return not_found();
+        };
+        change(&mut self.predictions[index]);
+        Json(self.json(&self.predictions[index])).into_response()
     }
 
     fn json(&self, live: &Live) -> Value {
@@ -387,6 +382,84 @@ impl Fake {
             },
         })
     }
+
+    /// `POST /v1/files` with key `key`.
+    fn upload(&mut self, key: usize, headers: &HeaderMap, body: &[u8]) -> Response {
+        if let Some(throttled) = self.throttle(&self.throttled_uploads, key) {
+            return throttled;
+        }
+        let parts = match content_type_boundary(headers).map(|b| multipart_parts(body, &b)) {
+            Some(parts) if !parts.is_empty() => parts,
+            _ => return detail(StatusCode::BAD_REQUEST, "expected multipart/form-data"),
+        };
+        let Some(part) = parts.into_iter().find(|p| p.name == "content") else {
+            return detail(StatusCode::UNPROCESSABLE_ENTITY, "content: field required");
+        };
+        let id = self.new_id("file");
+        let size = part.bytes.len();
+        let answer = json!({
+            "id": id,
+            "name": part.filename,
+            "content_type": part.content_type,
+            "size": size,
+            "etag": "fake",
+            "checksums": {},
+            "metadata": {},
+            "created_at": "2025-01-01T00:00:00.000Z",
+            "expires_at": "2025-01-02T00:00:00.000Z",
+            "urls": { "get": format!("{}/v1/files/{id}", self.base_url) },
+        });
+        self.uploads.push(Upload {
+            id,
+            key,
+            field: part.name,
+            filename: part.filename,
+            content_type: part.content_type,
+            bytes: part.bytes,
+        });
+        (StatusCode::CREATED, Json(answer)).into_response()
+    }
+
+    /// `POST /v1/models/{model}/predictions` with key `key`.
+    fn create(&mut self, key: usize, model: String, headers: &HeaderMap, body: &[u8]) -> Response {
+        if let Some(throttled) = self.throttle(&self.throttled, key) {
+            return throttled;
+        }
+        if let Some(status) = self.create_failures.pop_front() {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return detail(status, "scripted failure");
+        }
+        let input = match check_input(self, key, body) {
+            Ok(input) => input,
+            Err(problem) => return detail(StatusCode::UNPROCESSABLE_ENTITY, &problem),
+        };
+        let prefer = headers
+            .get("prefer")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let script = self.next_script(key);
+        let waits = prefer.as_deref().is_some_and(|p| p.starts_with("wait"));
+        let status = match waits {
+            true => status_after(&script, 0),
+            false => "starting",
+        };
+        let id = self.new_id("pred");
+        let live = Live {
+            record: Prediction {
+                id,
+                key,
+                model,
+                input,
+                prefer,
+                polls: 0,
+                status: status.to_string(),
+            },
+            script,
+        };
+        let answer = self.json(&live);
+        self.predictions.push(live);
+        (StatusCode::CREATED, Json(answer)).into_response()
+    }
 }
 
 /// The status a prediction shows after `polls` polls.
@@ -403,49 +476,10 @@ fn status_after(script: &Script, polls: u32) -> &'static str {
 }
 
 async fn upload(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
-    let mut fake = lock(&state);
     let path = "/v1/files".to_string();
-    let Some(key) = fake.authorize(&headers) else {
-        return fake.record("POST", path, None, unauthorized());
-    };
-    if let Some(throttled) = fake.throttle(&fake.throttled_uploads, key) {
-        return fake.record("POST", path, Some(key), throttled);
-    }
-    let parts = match content_type_boundary(&headers).map(|b| multipart_parts(&body, &b)) {
-        Some(parts) if !parts.is_empty() => parts,
-        _ => {
-            let refusal = detail(StatusCode::BAD_REQUEST, "expected multipart/form-data");
-            return fake.record("POST", path, Some(key), refusal);
-        }
-    };
-    let Some(part) = parts.into_iter().find(|p| p.name == "content") else {
-        let refusal = detail(StatusCode::UNPROCESSABLE_ENTITY, "content: field required");
-        return fake.record("POST", path, Some(key), refusal);
-    };
-    let id = fake.new_id("file");
-    let size = part.bytes.len();
-    let answer = json!({
-        "id": id,
-        "name": part.filename,
-        "content_type": part.content_type,
-        "size": size,
-        "etag": "fake",
-        "checksums": {},
-        "metadata": {},
-        "created_at": "2025-01-01T00:00:00.000Z",
-        "expires_at": "2025-01-02T00:00:00.000Z",
-        "urls": { "get": format!("{}/v1/files/{id}", fake.base_url) },
-    });
-    fake.uploads.push(Upload {
-        id,
-        key,
-        field: part.name,
-        filename: part.filename,
-        content_type: part.content_type,
-        bytes: part.bytes,
-    });
-    let response = (StatusCode::CREATED, Json(answer)).into_response();
-    fake.record("POST", path, Some(key), response)
+    serve(&state, "POST", path, &headers, |fake, key| {
+        fake.upload(key, &headers, &body)
+    })
 }
 
 async fn delete_file(
@@ -453,19 +487,14 @@ async fn delete_file(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let mut fake = lock(&state);
     let path = format!("/v1/files/{id}");
-    let Some(key) = fake.authorize(&headers) else {
-        return fake.record("DELETE", path, None, unauthorized());
-    };
-    let owned = fake.uploads.iter().any(|u| u.id == id && u.key == key);
-    let response = if owned {
+    serve(&state, "DELETE", path, &headers, |fake, key| {
+        if !fake.uploads.iter().any(|u| u.id == id && u.key == key) {
+            return not_found();
+        }
         fake.deleted.push(id);
         StatusCode::NO_CONTENT.into_response()
-    } else {
-        detail(StatusCode::NOT_FOUND, "Not found.")
-    };
-    fake.record("DELETE", path, Some(key), response)
+    })
 }
 
 async fn create(
@@ -474,53 +503,10 @@ async fn create(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let mut fake = lock(&state);
     let path = format!("/v1/models/{owner}/{name}/predictions");
-    let Some(key) = fake.authorize(&headers) else {
-        return fake.record("POST", path, None, unauthorized());
-    };
-    if let Some(throttled) = fake.throttle(&fake.throttled, key) {
-        return fake.record("POST", path, Some(key), throttled);
-    }
-    if let Some(status) = fake.create_failures.pop_front() {
-        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let refusal = detail(status, "scripted failure");
-        return fake.record("POST", path, Some(key), refusal);
-    }
-    let input = match check_input(&fake, key, &body) {
-        Ok(input) => input,
-        Err(problem) => {
-            let refusal = detail(StatusCode::UNPROCESSABLE_ENTITY, &problem);
-            return fake.record("POST", path, Some(key), refusal);
-        }
-    };
-    let prefer = headers
-        .get("prefer")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let script = fake.next_script(key);
-    let waits = prefer.as_deref().is_some_and(|p| p.starts_with("wait"));
-    let status = match waits {
-        true => status_after(&script, 0),
-        false => "starting",
-    };
-    let id = fake.new_id("pred");
-    let live = Live {
-        record: Prediction {
-            id,
-            key,
-            model: format!("{owner}/{name}"),
-            input,
-            prefer,
-            polls: 0,
-            status: status.to_string(),
-        },
-        script,
-    };
-    let answer = fake.json(&live);
-    fake.predictions.push(live);
-    let response = (StatusCode::CREATED, Json(answer)).into_response();
-    fake.record("POST", path, Some(key), response)
+    serve(&state, "POST", path, &headers, |fake, key| {
+        fake.create(key, format!("{owner}/{name}"), &headers, &body)
+    })
 }
 
 /// The create body's `input`, checked: a prompt, and one video that this
@@ -549,30 +535,15 @@ fn check_input(fake: &Fake, key: usize, body: &[u8]) -> Result<Value, String> {
 }
 
 async fn poll(State(state): State<Shared>, Path(id): Path<String>, headers: HeaderMap) -> Response {
-    let mut fake = lock(&state);
     let path = format!("/v1/predictions/{id}");
-    let Some(key) = fake.authorize(&headers) else {
-        return fake.record("GET", path, None, unauthorized());
-    };
-    let Some(index) = fake
-        .predictions
-        .iter()
-        .position(|p| p.record.id == id && p.record.key == key)
-    else {
-        return fake.record(
-            "GET",
-            path,
-            Some(key),
-            detail(StatusCode::NOT_FOUND, "Not found."),
-        );
-    };
-    let live = &mut fake.predictions[index];
-    if !is_terminal(&live.record.status) {
-        live.record.polls += 1;
-        live.record.status = status_after(&live.script, live.record.polls).to_string();
-    }
-    let answer = fake.json(&fake.predictions[index]);
-    fake.record("GET", path, Some(key), Json(answer).into_response())
+    serve(&state, "GET", path, &headers, |fake, key| {
+        fake.with_prediction(&id, key, |live| {
+            if !is_terminal(&live.record.status) {
+                live.record.polls += 1;
+                live.record.status = status_after(&live.script, live.record.polls).to_string();
+            }
+        })
+    })
 }
 
 async fn cancel(
@@ -580,30 +551,15 @@ async fn cancel(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let mut fake = lock(&state);
     let path = format!("/v1/predictions/{id}/cancel");
-    let Some(key) = fake.authorize(&headers) else {
-        return fake.record("POST", path, None, unauthorized());
-    };
-    fake.cancels.push(id.clone());
-    let Some(index) = fake
-        .predictions
-        .iter()
-        .position(|p| p.record.id == id && p.record.key == key)
-    else {
-        return fake.record(
-            "POST",
-            path,
-            Some(key),
-            detail(StatusCode::NOT_FOUND, "Not found."),
-        );
-    };
-    let live = &mut fake.predictions[index];
-    if !is_terminal(&live.record.status) {
-        live.record.status = "canceled".into();
-    }
-    let answer = fake.json(&fake.predictions[index]);
-    fake.record("POST", path, Some(key), Json(answer).into_response())
+    serve(&state, "POST", path, &headers, |fake, key| {
+        fake.cancels.push(id.clone());
+        fake.with_prediction(&id, key, |live| {
+            if !is_terminal(&live.record.status) {
+                live.record.status = "canceled".into();
+            }
+        })
+    })
 }
 
 /// A served file, whole or the byte range asked for (`bytes=a-` or

@@ -5,6 +5,7 @@ pub mod cloud;
 pub mod exact;
 pub mod fake_gemini;
 pub mod fake_replicate;
+pub mod fake_server;
 pub mod film;
 pub mod fixtures;
 pub mod pg;

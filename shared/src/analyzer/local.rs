@@ -31,12 +31,11 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use crate::model::{ChunkAnalysis, Shot};
-use crate::probe::stderr_tail;
 
+use super::ffmpeg::{self, source_input};
 use super::{shots_from_cuts, AnalyzeError, Analyzer, ChunkRequest};
 
 /// File the scene scores are printed to, inside the run's own folder.
@@ -54,16 +53,6 @@ const END_MARGIN_FRAMES: f64 = 0.25;
 const END_SHORTFALL_FRAMES: i64 = 3;
 /// Sound shorter than this in a shot is reported as silence.
 const MIN_SOUND_SECONDS: f64 = 0.05;
-/// How many trailing lines of ffmpeg's diagnostics an error quotes.
-const STDERR_LINES: usize = 6;
-/// Diagnostics that mean the source itself cannot be read: no retry helps.
-const UNREADABLE_MARKERS: [&str; 5] = [
-    "No such file or directory",
-    "Invalid data found when processing input",
-    "moov atom not found",
-    "matches no streams",
-    "Permission denied",
-];
 
 /// Finds cuts by scene-change detection and measures sound with ffmpeg.
 #[derive(Debug, Clone)]
@@ -219,10 +208,7 @@ impl LocalAnalyzer {
             }
         };
         let dir = tempfile::TempDir::new().map_err(io("creating a temporary folder"))?;
-        let output = self.run_ffmpeg(request, input, window, dir.path()).await?;
-        if !output.status.success() {
-            return Err(ffmpeg_failure(request, &output));
-        }
+        self.run_ffmpeg(request, input, window, dir.path()).await?;
         let scenes = tokio::fs::read_to_string(dir.path().join(SCENES_FILE)).await;
         let frames = parse_scores(
             &scenes.map_err(io("reading the scene scores"))?,
@@ -247,13 +233,8 @@ impl LocalAnalyzer {
         input: &OsString,
         window: Window,
         dir: &Path,
-    ) -> Result<Output, AnalyzeError> {
-        let mut command = tokio::process::Command::new(&self.ffmpeg);
-        command
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .kill_on_drop(true);
+    ) -> Result<(), AnalyzeError> {
+        let mut command = ffmpeg::command(&self.ffmpeg, dir);
         command.args(["-nostdin", "-hide_banner", "-nostats", "-loglevel", "error"]);
         command.args(["-copyts", "-start_at_zero"]);
         if let Some(seek) = window.seek {
@@ -272,25 +253,7 @@ impl LocalAnalyzer {
             command.args(["-map", "[a]"]);
         }
         command.args(["-f", "null", "-"]);
-        let chunk_index = request.chunk_index;
-        match tokio::time::timeout(self.timeout, command.output()).await {
-            Err(_) => Err(AnalyzeError::TimedOut {
-                chunk_index,
-                seconds: self.timeout.as_secs_f64(),
-            }),
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-                Err(AnalyzeError::ToolMissing {
-                    chunk_index,
-                    tool: "ffmpeg",
-                })
-            }
-            Ok(Err(source)) => Err(AnalyzeError::Io {
-                chunk_index,
-                context: "starting ffmpeg".into(),
-                source,
-            }),
-            Ok(Ok(output)) => Ok(output),
-        }
+        ffmpeg::run(command, request, self.timeout).await
     }
 
     /// Scores every frame (`select` passes them all, with their score) and,
@@ -310,42 +273,6 @@ impl LocalAnalyzer {
             "[0:a:0]apad=whole_dur={duration:.6},silencedetect=noise={noise}dB:d={d},ametadata=mode=print:file={SILENCE_FILE}[a]"
         );
         format!("{video};{audio}")
-    }
-}
-
-/// The ffmpeg input for the request's source: a URL as it is, a local path
-/// made absolute (ffmpeg runs in a temporary folder) after checking it exists.
-async fn source_input(request: &ChunkRequest) -> Result<OsString, AnalyzeError> {
-    if request.source.contains("://") {
-        return Ok(OsString::from(&request.source));
-    }
-    let chunk_index = request.chunk_index;
-    let path = std::path::absolute(&request.source).map_err(|source| AnalyzeError::Io {
-        chunk_index,
-        context: "resolving the source path".into(),
-        source,
-    })?;
-    let shown = path.display().to_string();
-    match tokio::fs::metadata(&path).await {
-        Ok(meta) if meta.is_file() => {
-            let mut input = OsString::from("file:");
-            input.push(path.as_os_str());
-            Ok(input)
-        }
-        Ok(_) => Err(AnalyzeError::SourceUnreadable {
-            chunk_index,
-            path: shown,
-            detail: "not a regular file".into(),
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(AnalyzeError::SourceMissing {
-            chunk_index,
-            path: shown,
-        }),
-        Err(source) => Err(AnalyzeError::Io {
-            chunk_index,
-            context: format!("reading {shown}"),
-            source,
-        }),
     }
 }
 
@@ -394,26 +321,6 @@ fn check_coverage(request: &ChunkRequest, measured: &Measurement) -> Result<(), 
             request.end_frame
         ),
     })
-}
-
-/// Classifies a failed ffmpeg run: an unreadable source is permanent, any
-/// other failure may pass.
-fn ffmpeg_failure(request: &ChunkRequest, output: &Output) -> AnalyzeError {
-    let stderr = stderr_tail(&output.stderr, STDERR_LINES);
-    let chunk_index = request.chunk_index;
-    if output.status.code().is_some() && UNREADABLE_MARKERS.iter().any(|m| stderr.contains(m)) {
-        return AnalyzeError::SourceUnreadable {
-            chunk_index,
-            path: request.source.clone(),
-            detail: stderr,
-        };
-    }
-    AnalyzeError::ToolFailed {
-        chunk_index,
-        tool: "ffmpeg",
-        status: output.status.to_string(),
-        stderr,
-    }
 }
 
 /// Reads `metadata=mode=print` output: a `frame:N pts:P pts_time:T` line per
@@ -503,12 +410,16 @@ fn describe(request: &ChunkRequest, shot: &Shot, silences: Option<&[(f64, f64)]>
     }
 }
 
+/// The analyzers' test fixtures are here; the other analyzers' tests
+/// use them too.
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::probe::MediaInfo;
 
-    fn media(fps: &str, offset: f64, has_audio: bool) -> MediaInfo {
+    /// A 10 000-frame film at `fps` whose video starts `offset` seconds
+    /// into the container.
+    pub(crate) fn media(fps: &str, offset: f64, has_audio: bool) -> MediaInfo {
         MediaInfo {
             fps: fps.parse().unwrap(),
             duration_frames: 10_000,
@@ -522,7 +433,8 @@ mod tests {
         }
     }
 
-    fn request(start_frame: i64, end_frame: i64, media: MediaInfo) -> ChunkRequest {
+    /// Frames `[start_frame, end_frame)` of `/films/a.mp4`, as chunk 2.
+    pub(crate) fn request(start_frame: i64, end_frame: i64, media: MediaInfo) -> ChunkRequest {
         let source = "/films/a.mp4".into();
         ChunkRequest {
             video_id: uuid::Uuid::nil(),

@@ -6,10 +6,12 @@
 //! whether another attempt may succeed, which decides whether the queue
 //! retries the chunk.
 
+mod ffmpeg;
 pub mod gemini;
 pub mod keys;
 pub mod local;
 pub mod output;
+pub mod provider;
 pub mod remote;
 pub mod replicate;
 pub mod setup;
