@@ -7,8 +7,7 @@
 //! Every test has a database and a fake server of its own. The film is a
 //! small generated one (ffmpeg); the request's `MediaInfo` is built by hand.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -25,6 +24,7 @@ use shotlist_tests::fake_gemini::{self, FakeGemini, FileOutcome, Reply};
 use shotlist_tests::fake_server::FakeServer;
 use shotlist_tests::film::{film_dir, make_film, Film};
 use shotlist_tests::fixtures::{self, described_film};
+use shotlist_tests::logs;
 use shotlist_tests::pg::{connect, fresh_db};
 use tokio::time::Instant;
 use tokio_postgres::types::Type;
@@ -465,32 +465,10 @@ async fn a_film_at_an_http_url_is_streamed_into_the_upload() {
     );
 }
 
-/// A log sink shared with the test.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn logs_name_keys_by_number_and_never_show_a_key() {
+    let capture = logs::capture();
     let rig = rig(2).await;
-    let capture = Capture::default();
-    let sink = capture.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || sink.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
 
     rig.fake
         .script_key(1, [Reply::RateLimited(Duration::from_secs(30))]);
@@ -503,7 +481,7 @@ async fn logs_name_keys_by_number_and_never_show_a_key() {
     );
     assert!(message.contains("key 2"), "{message}");
 
-    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let logs = capture.text();
     assert!(
         logs.contains("generateContent request"),
         "bodies at trace level"

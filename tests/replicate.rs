@@ -5,10 +5,9 @@
 //! records which key made each call, what was uploaded, polled, canceled and
 //! deleted.
 
-use std::io::Write;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -21,6 +20,7 @@ use shotlist_shared::analyzer::{cuts_of, AnalyzeError, Analyzer, ChunkRequest, L
 use shotlist_shared::probe::probe;
 use shotlist_tests::fake_replicate::{self, FakeReplicate, Outcome, Script};
 use shotlist_tests::film::{film_dir, make_film, Film};
+use shotlist_tests::logs;
 use tokio::time::Instant;
 
 /// A 20-second film at 25 fps with sound; keyframes only every 300 frames.
@@ -80,40 +80,10 @@ fn pool(keys: &[String]) -> Arc<KeyPool> {
     Arc::new(pool)
 }
 
-/// Every log line of this test binary, at trace level.
-static LOGS: OnceLock<Captured> = OnceLock::new();
-
-/// A log writer into a shared buffer.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Sends every log line at trace level to [`LOGS`]. Every test calls it
-/// before any analyzer code runs: tracing decides once, for all threads,
-/// whether a log statement is enabled, so a subscriber set by one test
-/// while others run may miss statements they reached first.
+/// Sends every log line at trace level to the binary's capture. Every test
+/// calls it before any analyzer code runs (see [`logs`]).
 fn capture_logs() {
-    LOGS.get_or_init(|| {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
-        captured
-    });
+    logs::capture();
 }
 
 /// A fake with its keys, their pool, and an analyzer that polls quickly.
@@ -565,7 +535,7 @@ async fn trace_logs_name_keys_by_number_and_never_show_their_value() {
     rig.ask(&request).await.unwrap_err();
 
     // Every test's logs are here: none may show a key.
-    let logs = String::from_utf8_lossy(&LOGS.get().unwrap().0.lock().unwrap()).into_owned();
+    let logs = logs::capture().text();
     assert!(!logs.contains("r8_FAKE"), "a key's value is in the logs");
     let video = format!("video_id={}", request.video_id);
     let ours: Vec<&str> = logs.lines().filter(|l| l.contains(&video)).collect();

@@ -8,4 +8,5 @@ pub mod fake_replicate;
 pub mod fake_server;
 pub mod film;
 pub mod fixtures;
+pub mod logs;
 pub mod pg;
