@@ -7,14 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
-use shotlist_shared::cloud::chunk::{
-    ChunkHandler, RecordOutcome, Redelivery, Wait, DEADLINE_MARGIN,
-};
+use shotlist_shared::cloud::chunk::{ChunkHandler, RecordOutcome, Wait, DEADLINE_MARGIN};
 use shotlist_shared::cloud::finalize::FinalizeHandler;
 use shotlist_shared::db::{Claim, Db};
 use shotlist_shared::worker::WorkerConfig;
 use shotlist_tests::cloud::{
-    chunk_body, sqs_event, sqs_message, sqs_record, RecordingQueue, Script, ScriptedAnalyzer,
+    chunk_body, sqs_event, sqs_message, sqs_record, RecordingQueue, RecordingRedelivery, Script,
+    ScriptedAnalyzer,
 };
 use shotlist_tests::fixtures;
 use shotlist_tests::pg::fresh_db;
@@ -29,32 +28,17 @@ struct Setup {
     db: Db,
     analyzer: Arc<ScriptedAnalyzer>,
     finalize_queue: Arc<RecordingQueue>,
-    redelivery: Arc<Delays>,
+    redelivery: Arc<RecordingRedelivery>,
     handler: ChunkHandler,
     video_id: Uuid,
 }
 
-/// Records the retry delays the handler asks for, by receipt handle.
-#[derive(Default)]
-struct Delays(std::sync::Mutex<Vec<(String, Duration)>>);
-
-#[async_trait::async_trait]
-impl Redelivery for Delays {
-    async fn redeliver_after(&self, receipt_handle: &str, delay: Duration) {
-        self.0
-            .lock()
-            .unwrap()
-            .push((receipt_handle.to_string(), delay));
-    }
-}
-
-impl Delays {
-    fn taken(&self) -> Vec<(String, u64)> {
-        std::mem::take(&mut *self.0.lock().unwrap())
-            .into_iter()
-            .map(|(receipt, delay)| (receipt, delay.as_secs()))
-            .collect()
-    }
+/// The (key, whole seconds) pairs of a redelivery record.
+fn seconds(pairs: Vec<(String, Duration)>) -> Vec<(String, u64)> {
+    pairs
+        .into_iter()
+        .map(|(key, d)| (key, d.as_secs()))
+        .collect()
 }
 
 async fn setup() -> Setup {
@@ -62,7 +46,7 @@ async fn setup() -> Setup {
     let video_id = fixtures::described_film(&db, FRAMES, "25/1").await;
     let analyzer = ScriptedAnalyzer::new();
     let finalize_queue = RecordingQueue::new();
-    let redelivery = Arc::new(Delays::default());
+    let redelivery = RecordingRedelivery::new();
     let handler = ChunkHandler {
         db: db.clone(),
         analyzer: analyzer.clone(),
@@ -311,9 +295,17 @@ async fn a_chunk_whose_keys_all_rest_goes_back_without_spending_an_attempt() {
     let s = setup().await;
     s.analyzer
         .script(1, Script::Throttled(Duration::from_secs(42)));
-    for receive in 1..=4 {
-        let event = sqs_event(vec![sqs_record("m1", &chunk_body(s.video_id, 1), receive)]);
-        assert_eq!(failures(&s.handler.handle(event, None).await), vec!["m1"]);
+    let body = chunk_body(s.video_id, 1);
+    // Each delivery before the last is acknowledged and its body sent again
+    // as a new message for when the keys are free: waiting never uses up
+    // the queue's receives, nor the chunk's attempts.
+    for receive in [1, 2, 4] {
+        let event = sqs_event(vec![sqs_record("m1", &body, receive)]);
+        assert!(failures(&s.handler.handle(event, None).await).is_empty());
+        assert_eq!(
+            seconds(s.redelivery.take_sent_again()),
+            [(body.clone(), 42)]
+        );
         let pending = chunk(&s.db, s.video_id, 1).await;
         assert_eq!(pending["status"], "pending", "{pending}");
         assert_eq!(pending["attempts"], 0, "{pending}");
@@ -322,18 +314,39 @@ async fn a_chunk_whose_keys_all_rest_goes_back_without_spending_an_attempt() {
             "{pending}"
         );
     }
-    // The queue is asked to bring the message back when the keys are free.
-    let delays: Vec<u64> = s.redelivery.taken().into_iter().map(|(_, d)| d).collect();
-    assert_eq!(delays, [42, 42, 42, 42]);
+    assert!(seconds(s.redelivery.take_delayed()).is_empty());
     // The keys are free again: the chunk completes on its first attempt.
     s.analyzer.script(1, Script::Whole);
-    let event = sqs_event(vec![sqs_record("m1", &chunk_body(s.video_id, 1), 5)]);
+    let event = sqs_event(vec![sqs_record("m1", &body, 1)]);
     assert!(failures(&s.handler.handle(event, None).await).is_empty());
     let done = chunk(&s.db, s.video_id, 1).await;
     assert_eq!(
         (done["status"].as_str(), done["attempts"].as_i64()),
         (Some("completed"), Some(1))
     );
+}
+
+#[tokio::test]
+async fn a_limit_that_never_passes_fails_the_chunk_after_twenty_waits() {
+    let s = setup().await;
+    s.analyzer
+        .script(2, Script::Throttled(Duration::from_secs(30)));
+    let body = chunk_body(s.video_id, 2);
+    for _ in 0..20 {
+        let event = sqs_event(vec![sqs_record("m2", &body, 1)]);
+        assert!(failures(&s.handler.handle(event, None).await).is_empty());
+        assert_eq!(chunk(&s.db, s.video_id, 2).await["status"], "pending");
+    }
+    let event = sqs_event(vec![sqs_record("m2", &body, 1)]);
+    assert!(failures(&s.handler.handle(event, None).await).is_empty());
+    let failed = chunk(&s.db, s.video_id, 2).await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    let error = failed["error"].as_str().unwrap();
+    assert!(
+        error.contains("given back 21 times") && error.contains("rate-limited"),
+        "{error}"
+    );
+    assert_eq!(seconds(s.redelivery.take_sent_again()).len(), 20);
 }
 
 #[tokio::test]
@@ -484,7 +497,10 @@ async fn retries_come_back_after_a_doubling_backoff_and_a_held_chunk_after_a_lea
     for (receive, wait) in [(1, 30), (2, 60), (3, 120)] {
         let event = sqs_event(vec![sqs_record("m0", &chunk_body(s.video_id, 0), receive)]);
         assert_eq!(failures(&s.handler.handle(event, None).await), vec!["m0"]);
-        assert_eq!(s.redelivery.taken(), vec![("AQEBm0".to_string(), wait)]);
+        assert_eq!(
+            seconds(s.redelivery.take_delayed()),
+            vec![("AQEBm0".to_string(), wait)]
+        );
     }
     // Another worker holds chunk 1: its duplicate waits as long as a lease
     // lasts, by when the holder has finished or its lease has run out.
@@ -498,13 +514,13 @@ async fn retries_come_back_after_a_doubling_backoff_and_a_held_chunk_after_a_lea
     let event = sqs_event(vec![sqs_record("m1", &chunk_body(s.video_id, 1), 1)]);
     assert_eq!(failures(&s.handler.handle(event, None).await), vec!["m1"]);
     assert_eq!(
-        s.redelivery.taken(),
+        seconds(s.redelivery.take_delayed()),
         vec![("AQEBm1".to_string(), s.handler.worker.lease.as_secs())]
     );
     // Acknowledged messages are left alone.
     let event = sqs_event(vec![sqs_record("m2", &chunk_body(s.video_id, 2), 1)]);
     assert!(failures(&s.handler.handle(event, None).await).is_empty());
-    assert!(s.redelivery.taken().is_empty());
+    assert!(seconds(s.redelivery.take_delayed()).is_empty());
 }
 
 #[tokio::test]

@@ -5,7 +5,9 @@
 //! measured cut kept, no shot or dialogue time outside the chunk, text
 //! clipped. The answers range from random unicode to JSON of nearly the
 //! right shape with absurd numbers, wrong types and nested junk, and answers
-//! cut off at any character.
+//! cut off at any character. Some answers are hostile on purpose: nested a
+//! million deep, megabytes long, holding NUL and control characters, or
+//! words a spreadsheet would run as a formula.
 
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
@@ -16,6 +18,7 @@ use shotlist_shared::analyzer::output::{
 use shotlist_shared::analyzer::{check_analysis, cuts_of, shots_from_cuts, ChunkRequest};
 use shotlist_shared::model::{ChunkAnalysis, Shot, ShotType};
 use shotlist_shared::probe::MediaInfo;
+use shotlist_shared::sheet::{Sheet, SheetShot, SheetStatus};
 use shotlist_shared::time::Fps;
 
 const CASES: u32 = 384;
@@ -375,5 +378,172 @@ proptest! {
             prop_assert_eq!(shot.dialogue.len(), 1);
             prop_assert_eq!(shot.dialogue[0].offscreen, i % 2 == 0);
         }
+    }
+}
+
+/// Reconciles `text` over a 250-frame chunk at 25 fps with the cuts
+/// `measured_cuts`; panics when the parser refuses it.
+fn reconciled(text: &str, measured_cuts: &[i64]) -> ChunkAnalysis {
+    let shots = parse_output(text).expect("valid JSON");
+    let len = 250;
+    let measured = shots_from_cuts(len, measured_cuts);
+    let request = request(Fps::new(25, 1).unwrap(), 0, 0, len);
+    reconcile(&request, &measured, &shots, 12)
+}
+
+#[test]
+fn deeply_nested_json_is_refused_without_overflowing_the_stack() {
+    // On a small stack: a recursive parser without a depth limit would crash.
+    let parsing = std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(|| {
+            let open = "[".repeat(1_000_000);
+            let nested = format!("{{\"shots\":[{{\"dialogue\":{}}}]}}", "[".repeat(5000));
+            let closed = format!("{{\"shots\":{}{}}}", "[".repeat(200), "]".repeat(200));
+            [open, nested, closed].map(|text| parse_output(&text))
+        })
+        .unwrap();
+    for parsed in parsing.join().expect("no stack overflow") {
+        assert!(parsed.is_err(), "{parsed:?}");
+    }
+}
+
+#[test]
+fn a_huge_answer_is_parsed_and_its_text_clipped() {
+    // A million characters (2 MB) in one description, 20,000 shots more.
+    let description = "é".repeat(500 * MAX_TEXT_CHARS);
+    let shots: Vec<String> = (0..20_000)
+        .map(|i| {
+            let line = r#"{"line":"l","start":1e300}"#;
+            format!(
+                r#"{{"start":{}.0,"description":"x{i}","dialogue":[{line}]}}"#,
+                i % 10
+            )
+        })
+        .collect();
+    let text = format!(
+        "{{\"shots\":[{{\"shot\":1,\"description\":\"{description}\"}},{}]}}",
+        shots.join(",")
+    );
+    let result = reconciled(&text, &[100]);
+    check_analysis(250, &result).unwrap();
+    assert_eq!(result.shots[0].description.chars().count(), MAX_TEXT_CHARS);
+    for shot in &result.shots {
+        assert!(shot.description.chars().count() <= MAX_TEXT_CHARS);
+    }
+}
+
+/// PostgreSQL cannot store U+0000, and the other control characters but
+/// line breaks and tabs have no place in a shot list.
+#[test]
+fn nul_and_control_characters_from_the_model_are_removed_and_line_breaks_kept() {
+    let text = r#"{"shots":[{"shot":1,"type":"wide",
+        "description":"a sign reads \u0000HOTEL\u0007\u001b[0m\nbelow:\ta door\u007f",
+        "dialogue":[{"speaker":"AN\u0000NA","line":"hi\u0000\u0085","offscreen":false}]}]}"#;
+    let result = reconciled(text, &[]);
+    let shot = &result.shots[0];
+    assert_eq!(shot.description, "a sign reads HOTEL[0m\nbelow:\ta door");
+    assert_eq!(shot.dialogue[0].speaker, "ANNA");
+    assert_eq!(shot.dialogue[0].line, "hi");
+}
+
+/// Whether a refusal gives the reason expected.
+type Reason = fn(&OutputProblem) -> bool;
+
+#[test]
+fn fences_truncations_and_empties_are_refused_with_their_reason() {
+    let cases: Vec<(&str, Reason)> = vec![
+        ("", |p| *p == OutputProblem::Empty),
+        ("\n\t  \r\n", |p| *p == OutputProblem::Empty),
+        ("```json\n{\"shots\":[]}\n```", |p| {
+            *p == OutputProblem::Fenced
+        }),
+        ("  ```\n{\"shots\":[]}", |p| *p == OutputProblem::Fenced),
+        ("{\"shots\":[{\"shot\":1}", |p| {
+            matches!(p, OutputProblem::CutOff(_))
+        }),
+        ("{\"shots\":[{\"description\":\"a \\u00", |p| {
+            matches!(p, OutputProblem::CutOff(_))
+        }),
+        ("{\"shots\":[]}\n```", |p| {
+            matches!(p, OutputProblem::NotJson(_))
+        }),
+        ("null", |p| matches!(p, OutputProblem::WrongShape(_))),
+        ("{\"shots\":null}", |p| {
+            matches!(p, OutputProblem::WrongShape(_))
+        }),
+        ("{\"shots\":[{\"shot\":1,\"shot\":\"x\"}]}", |p| {
+            matches!(p, OutputProblem::WrongShape(_))
+        }),
+    ];
+    for (text, expected) in cases {
+        match parse_output(text) {
+            Err(problem) if expected(&problem) => {}
+            other => panic!("{text:?}: {other:?}"),
+        }
+    }
+}
+
+/// A film's title card can say anything, and the model writes it down: in
+/// sheet.csv a cell that a spreadsheet would run as a formula starts with an
+/// apostrophe, while sheet.json keeps the words as they were.
+#[test]
+fn model_text_that_looks_like_a_formula_is_inert_in_sheet_csv() {
+    let text = r#"{"shots":[
+        {"shot":1,"type":"insert","description":"=HYPERLINK(\"http://127.0.0.1/x\",\"open\")",
+         "dialogue":[{"speaker":"@SUM(A1)","line":"+1","offscreen":false}]},
+        {"shot":2,"type":"wide","description":"-2+3","dialogue":[{"line":"=1+1"}]},
+        {"shot":3,"type":"wide","description":"a field, 3 = 2 + 1"}]}"#;
+    let result = reconciled(text, &[100, 200]);
+    let sheet = sheet_of(&result);
+    let csv = shotlist_shared::export::csv_bytes(&sheet).expect("csv");
+    let rows: Vec<csv::StringRecord> = csv::Reader::from_reader(csv.as_slice())
+        .records()
+        .collect::<Result<_, _>>()
+        .expect("the CSV reads back");
+    let cells: Vec<(&str, &str)> = rows.iter().map(|r| (&r[4], &r[5])).collect();
+    assert_eq!(
+        cells,
+        [
+            (
+                "'=HYPERLINK(\"http://127.0.0.1/x\",\"open\")",
+                "'@SUM(A1): +1"
+            ),
+            ("'-2+3", "'=1+1"),
+            ("a field, 3 = 2 + 1", ""),
+        ]
+    );
+    let json = shotlist_shared::export::json_bytes(&sheet).expect("json");
+    let back: Sheet = serde_json::from_slice(&json).expect("the JSON reads back");
+    assert_eq!(back.shots[0].description, result.shots[0].description);
+}
+
+/// A one-chunk sheet of `analysis`.
+fn sheet_of(analysis: &ChunkAnalysis) -> Sheet {
+    let shots = analysis
+        .shots
+        .iter()
+        .zip(1..)
+        .map(|(shot, number)| SheetShot {
+            number,
+            start: shot.start_frame.to_string(),
+            end: shot.end_frame.to_string(),
+            start_frame: shot.start_frame,
+            end_frame: shot.end_frame,
+            shot_type: shot.shot_type,
+            description: shot.description.clone(),
+            dialogue: shot.dialogue.clone(),
+        });
+    Sheet {
+        video_id: uuid::Uuid::nil(),
+        source: None,
+        fps: "25/1".into(),
+        duration_frames: 250,
+        total_chunks: 1,
+        completed_chunks: 1,
+        failed_chunks: 0,
+        status: SheetStatus::Complete,
+        shots: shots.collect(),
+        gaps: Vec::new(),
     }
 }

@@ -83,6 +83,18 @@ impl DbError {
         }
     }
 
+    /// True when the database refused the data of a call (bad arguments,
+    /// text it cannot store): sending the same data again cannot help.
+    pub fn is_refused_data(&self) -> bool {
+        match self {
+            DbError::InvalidArgument(_) => true,
+            DbError::Query { source, .. } => {
+                source.code().is_some_and(|c| c.code().starts_with("22"))
+            }
+            _ => false,
+        }
+    }
+
     fn from_query(what: &str, source: tokio_postgres::Error) -> DbError {
         let message = || {
             source
@@ -99,6 +111,16 @@ impl DbError {
                 source,
             },
         }
+    }
+}
+
+/// `text` without NUL characters, which PostgreSQL cannot store; error
+/// messages may quote a provider's or a file's bytes.
+fn storable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        text.replace('\0', "").into()
+    } else {
+        text.into()
     }
 }
 
@@ -714,6 +736,7 @@ impl Db {
         max_attempts: u32,
     ) -> Result<Report, DbError> {
         let (index, attempts) = (chunk_index as i32, max_attempts as i32);
+        let error = storable(error);
         self.call(
             "fail_chunk",
             "SELECT public.fail_chunk($1, $2, $3, $4, $5, $6)",
@@ -730,23 +753,28 @@ impl Db {
     }
 
     /// `release_chunk`: gives a held chunk back, pending, without counting
-    /// the attempt (the provider's rate limits kept it from being tried).
+    /// the attempt (the provider's rate limits kept it from being tried);
+    /// after `max_releases` of those the chunk fails for good instead.
     pub async fn release_chunk(
         &self,
         video_id: Uuid,
         chunk_index: u32,
         lease_token: Uuid,
         reason: &str,
+        max_releases: u32,
     ) -> Result<Report, DbError> {
         let index = chunk_index as i32;
+        let reason = storable(reason);
+        let max_releases = max_releases.min(i32::MAX as u32) as i32;
         self.call(
             "release_chunk",
-            "SELECT public.release_chunk($1, $2, $3, $4)",
+            "SELECT public.release_chunk($1, $2, $3, $4, $5)",
             &[
                 (&video_id, Type::UUID),
                 (&index, Type::INT4),
                 (&lease_token, Type::UUID),
                 (&reason, Type::TEXT),
+                (&max_releases, Type::INT4),
             ],
         )
         .await

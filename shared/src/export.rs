@@ -90,14 +90,26 @@ pub fn csv_bytes(sheet: &Sheet) -> Result<Vec<u8>, ExportError> {
                 &shot.start,
                 &shot.end,
                 shot.shot_type.as_str(),
-                &shot.description,
-                &dialogue_cell(&shot.dialogue),
+                &inert_cell(&shot.description),
+                &inert_cell(&dialogue_cell(&shot.dialogue)),
             ])
             .map_err(ExportError::Csv)?;
     }
     writer
         .into_inner()
         .map_err(|error| ExportError::Csv(error.into_error().into()))
+}
+
+/// `text` made safe to open in a spreadsheet: a cell that starts like a
+/// formula (`=`, `+`, `-`, `@`, or a tab or carriage return before one) gets
+/// a leading apostrophe, so the program shows it as text instead of running
+/// it. Descriptions and dialogue come from a model and from what a film
+/// shows, and are not trusted.
+pub fn inert_cell(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.chars().next() {
+        Some('=' | '+' | '-' | '@' | '\t' | '\r') => format!("'{text}").into(),
+        _ => text.into(),
+    }
 }
 
 /// The dialogue cell of a shot: one line per dialogue line, `Speaker: line`,
@@ -139,6 +151,16 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cells_that_look_like_formulas_are_kept_as_text() {
+        assert_eq!(inert_cell("=HYPERLINK(\"x\")"), "'=HYPERLINK(\"x\")");
+        assert_eq!(inert_cell("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(inert_cell("-1+2"), "'-1+2");
+        assert_eq!(inert_cell("+44 20"), "'+44 20");
+        assert_eq!(inert_cell("a street at night"), "a street at night");
+        assert_eq!(inert_cell(""), "");
+    }
 
     fn line(speaker: &str, text: &str, offscreen: bool) -> DialogueLine {
         DialogueLine {

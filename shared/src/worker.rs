@@ -31,6 +31,9 @@ pub struct WorkerConfig {
     /// attempts say (the queue's last delivery of its message): a retryable
     /// failure then fails the chunk for good, with its error.
     pub final_attempt: bool,
+    /// How often a chunk may be given back unanalyzed because the provider
+    /// could not take it (every key rate-limited) before it fails for good.
+    pub max_releases: u32,
 }
 
 impl Default for WorkerConfig {
@@ -40,6 +43,7 @@ impl Default for WorkerConfig {
             chunk_timeout: Duration::from_secs(300),
             max_attempts: 3,
             final_attempt: false,
+            max_releases: 20,
         }
     }
 }
@@ -140,11 +144,26 @@ impl Job<'_> {
         claimed: &ClaimedChunk,
         analysis: ChunkAnalysis,
     ) -> Result<Done, DbError> {
-        let shots = absolute_shots(analysis, claimed.start_frame, claimed.end_frame);
-        let report = self
+        let mut shots = absolute_shots(analysis, claimed.start_frame, claimed.end_frame);
+        shots.iter_mut().for_each(scrub_shot);
+        let report = match self
             .db
             .complete_chunk(self.video_id, self.chunk_index, claimed.lease_token, &shots)
-            .await?;
+            .await
+        {
+            Ok(report) => report,
+            // The database refused what the analyzer said (text it cannot
+            // store, a shot it does not accept): a failed attempt, not a
+            // database failure, so the chunk is not left held for nothing.
+            Err(e) if e.is_refused_data() => {
+                let refused = AnalyzeError::BadOutput {
+                    chunk_index: self.chunk_index,
+                    detail: format!("the database refused the shots: {e}"),
+                };
+                return self.fail(claimed, &refused).await;
+            }
+            Err(e) => return Err(e),
+        };
         let progress = report.progress;
         Ok(match report.outcome {
             Outcome::Completed => {
@@ -165,6 +184,9 @@ impl Job<'_> {
     }
 
     async fn fail(&self, claimed: &ClaimedChunk, e: &AnalyzeError) -> Result<Done, DbError> {
+        // On the queue's last delivery the chunk fails like any other, so
+        // that no message is lost with its chunk left pending; the queue
+        // handler sends a waiting chunk back as a new message before then.
         if let (Some(wait), false) = (e.retry_after(), self.config.final_attempt) {
             return self.release(claimed, e, wait).await;
         }
@@ -214,13 +236,26 @@ impl Job<'_> {
         tracing::info!(retry_in_s = wait.as_secs(), error = %e, "chunk released: provider busy");
         let report = self
             .db
-            .release_chunk(self.video_id, self.chunk_index, claimed.lease_token, &error)
+            .release_chunk(
+                self.video_id,
+                self.chunk_index,
+                claimed.lease_token,
+                &error,
+                self.config.max_releases,
+            )
             .await?;
         Ok(match report.outcome {
             Outcome::Released => Done::Retry {
                 error,
                 retry_after: Some(wait),
             },
+            Outcome::Failed => {
+                tracing::warn!(error = %e, "chunk failed: given back too often");
+                Done::Failed {
+                    error,
+                    progress: report.progress,
+                }
+            }
             Outcome::AlreadyCompleted => Done::AlreadyTerminal {
                 status: "completed".into(),
             },
@@ -272,6 +307,27 @@ fn request_for(video_id: Uuid, claimed: &ClaimedChunk) -> Result<ChunkRequest, A
         end_frame: claimed.end_frame,
         deadline: None,
     })
+}
+
+/// Removes from a shot's text what PostgreSQL cannot store (NUL) and the
+/// other control characters but line breaks and tabs: an analyzer's text may
+/// come from a model, and from whatever a film shows.
+fn scrub_shot(shot: &mut Shot) {
+    scrub(&mut shot.description);
+    for line in &mut shot.dialogue {
+        scrub(&mut line.speaker);
+        scrub(&mut line.line);
+    }
+}
+
+fn scrub(text: &mut String) {
+    if text.chars().any(is_unwanted) {
+        text.retain(|c| !is_unwanted(c));
+    }
+}
+
+fn is_unwanted(c: char) -> bool {
+    c.is_control() && !matches!(c, '\n' | '\t')
 }
 
 /// Turns an analysis in chunk-local frames into shots in absolute frames,

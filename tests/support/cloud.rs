@@ -1,6 +1,7 @@
 //! Test doubles for the cloud handlers: an analyzer whose behaviour per
 //! chunk is scripted and which counts its runs, a queue that records what is
-//! sent to it, real-shaped SQS and HTTP API events, and tokens.
+//! sent to it, a redelivery that records what it is asked, real-shaped SQS
+//! and HTTP API events, and tokens.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,6 +13,7 @@ use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use serde_json::{json, Value};
 use shotlist_shared::analyzer::{AnalyzeError, Analyzer, ChunkRequest};
 use shotlist_shared::cloud::auth::{self, Claims};
+use shotlist_shared::cloud::chunk::Redelivery;
 use shotlist_shared::cloud::queue::{MessageQueue, QueueError};
 use shotlist_shared::model::{ChunkAnalysis, Shot, ShotType};
 use uuid::Uuid;
@@ -32,6 +34,9 @@ pub enum Script {
     Slow(Duration),
     /// Every API key rests for this long.
     Throttled(Duration),
+    /// One shot covering the whole chunk, described with this text as the
+    /// analyzer got it (a model's words, unchecked).
+    Described(String),
 }
 
 /// An analyzer that follows a script per chunk (default [`Script::Whole`])
@@ -104,16 +109,22 @@ impl Analyzer for ScriptedAnalyzer {
                 })
             }
             Script::Slow(wait) => tokio::time::sleep(wait).await,
+            Script::Described(text) => return Ok(whole_chunk(request, text)),
         }
-        Ok(ChunkAnalysis {
-            shots: vec![Shot {
-                start_frame: 0,
-                end_frame: request.end_frame - request.start_frame,
-                shot_type: ShotType::Wide,
-                description: format!("chunk {index}"),
-                dialogue: vec![],
-            }],
-        })
+        Ok(whole_chunk(request, format!("chunk {index}")))
+    }
+}
+
+/// One wide shot over all of `request`'s chunk.
+fn whole_chunk(request: &ChunkRequest, description: String) -> ChunkAnalysis {
+    ChunkAnalysis {
+        shots: vec![Shot {
+            start_frame: 0,
+            end_frame: request.end_frame - request.start_frame,
+            shot_type: ShotType::Wide,
+            description,
+            dialogue: vec![],
+        }],
     }
 }
 
@@ -159,6 +170,46 @@ impl MessageQueue for RecordingQueue {
 
     fn name(&self) -> &str {
         "recording"
+    }
+}
+
+/// A [`Redelivery`] that records what the chunk handler asks of it: the
+/// delays it sets on messages left for retry, and the bodies it sends again.
+#[derive(Default)]
+pub struct RecordingRedelivery {
+    delayed: Mutex<Vec<(String, Duration)>>,
+    sent_again: Mutex<Vec<(String, Duration)>>,
+}
+
+impl RecordingRedelivery {
+    pub fn new() -> Arc<RecordingRedelivery> {
+        Arc::new(RecordingRedelivery::default())
+    }
+
+    /// The (receipt handle, delay) pairs asked for since the last call.
+    pub fn take_delayed(&self) -> Vec<(String, Duration)> {
+        std::mem::take(&mut *self.delayed.lock().unwrap())
+    }
+
+    /// The (body, delay) pairs sent again since the last call.
+    pub fn take_sent_again(&self) -> Vec<(String, Duration)> {
+        std::mem::take(&mut *self.sent_again.lock().unwrap())
+    }
+}
+
+#[async_trait]
+impl Redelivery for RecordingRedelivery {
+    async fn redeliver_after(&self, receipt_handle: &str, delay: Duration) {
+        let asked = (receipt_handle.to_string(), delay);
+        self.delayed.lock().unwrap().push(asked);
+    }
+
+    async fn send_again(&self, body: &str, delay: Duration) -> Result<(), String> {
+        self.sent_again
+            .lock()
+            .unwrap()
+            .push((body.to_string(), delay));
+        Ok(())
     }
 }
 

@@ -1,5 +1,6 @@
 //! Row factories for database tests: a film as probing would describe it,
-//! registered and described without touching a real file.
+//! registered and described without touching a real file; and what one of
+//! its chunks then looks like.
 
 use shotlist_shared::db::Db;
 use shotlist_shared::plan::PlanParams;
@@ -39,4 +40,27 @@ pub async fn described_film(db: &Db, frames: i64, rate: &str) -> Uuid {
     .await
     .expect("film registered");
     id
+}
+
+/// One chunk's state as `chunk_progress` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkState {
+    pub status: String,
+    pub attempts: i64,
+    /// The last error recorded on the chunk; empty when none.
+    pub error: String,
+}
+
+/// The state of chunk `index` of `video_id`.
+///
+/// # Panics
+/// When the database refuses or the chunk does not exist.
+pub async fn chunk_state(db: &Db, video_id: Uuid, index: usize) -> ChunkState {
+    let progress = db.chunk_progress(video_id).await.expect("progress");
+    let chunk = &progress["chunks"][index];
+    ChunkState {
+        status: chunk["status"].as_str().expect("a status").to_string(),
+        attempts: chunk["attempts"].as_i64().expect("attempts"),
+        error: chunk["error"].as_str().unwrap_or_default().to_string(),
+    }
 }

@@ -10,3 +10,4 @@ pub mod film;
 pub mod fixtures;
 pub mod logs;
 pub mod pg;
+pub mod scripted_model;

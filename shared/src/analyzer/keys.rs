@@ -29,6 +29,9 @@ pub struct KeyPool {
     provider: &'static str,
     keys: Vec<Key>,
     clock: DefaultClock,
+    /// Held while a key is chosen, so that two callers at once never both
+    /// see the same key as the least loaded.
+    choosing: Mutex<()>,
 }
 
 struct Key {
@@ -91,6 +94,7 @@ impl KeyPool {
             provider,
             keys,
             clock: DefaultClock::default(),
+            choosing: Mutex::new(()),
         }
     }
 
@@ -151,6 +155,8 @@ impl KeyPool {
     /// Takes the least-loaded key that may be used now, preferring those in
     /// `prefer` (0-based indexes), without waiting.
     pub fn try_acquire(&self, prefer: &[usize]) -> Result<KeyLease<'_>, AllResting> {
+        // Only counters are guarded: a panic elsewhere leaves them usable.
+        let _choosing = self.choosing.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         let mut order: Vec<(bool, u32, u64, usize)> = Vec::with_capacity(self.keys.len());
         let mut soonest: Option<Duration> = None;

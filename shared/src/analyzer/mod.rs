@@ -138,10 +138,21 @@ pub enum AnalyzeError {
     /// Retryable, and not the chunk's fault: every API key is rate-limited
     /// for at least `wait`. The chunk goes back to the queue without using
     /// up an attempt.
-    #[error("chunk {chunk_index}: {analyzer}: all API keys are rate-limited for at least {} s", wait.as_secs())]
+    #[error("chunk {chunk_index}: {analyzer}: all API keys are rate-limited for at least {:.1} s", wait.as_secs_f64())]
     Throttled {
         chunk_index: u32,
         analyzer: &'static str,
+        wait: Duration,
+    },
+    /// Retryable, and not the chunk's fault: the analyzer must wait for
+    /// something outside the chunk (another worker's upload of the film).
+    /// Like [`Throttled`](AnalyzeError::Throttled), the chunk goes back to
+    /// the queue without using up an attempt.
+    #[error("chunk {chunk_index}: {analyzer}: {reason}; trying again in {:.1} s", wait.as_secs_f64())]
+    Deferred {
+        chunk_index: u32,
+        analyzer: &'static str,
+        reason: String,
         wait: Duration,
     },
     /// A remote analyzer's failure, retryable or not as the provider said.
@@ -161,7 +172,8 @@ impl AnalyzeError {
             AnalyzeError::ToolFailed { .. }
             | AnalyzeError::TimedOut { .. }
             | AnalyzeError::Io { .. }
-            | AnalyzeError::Throttled { .. } => true,
+            | AnalyzeError::Throttled { .. }
+            | AnalyzeError::Deferred { .. } => true,
             AnalyzeError::Provider { retryable, .. } => *retryable,
             AnalyzeError::BadRequest { .. }
             | AnalyzeError::SourceMissing { .. }
@@ -183,15 +195,19 @@ impl AnalyzeError {
             | AnalyzeError::Io { chunk_index, .. }
             | AnalyzeError::BadOutput { chunk_index, .. }
             | AnalyzeError::Throttled { chunk_index, .. }
+            | AnalyzeError::Deferred { chunk_index, .. }
             | AnalyzeError::Provider { chunk_index, .. } => *chunk_index,
         }
     }
 
     /// How long to wait before the chunk is worth another try, when the
-    /// error says (every key rate-limited).
+    /// failure was not the chunk's (every key rate-limited, another worker's
+    /// upload): such an attempt is not counted.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            AnalyzeError::Throttled { wait, .. } => Some(*wait),
+            AnalyzeError::Throttled { wait, .. } | AnalyzeError::Deferred { wait, .. } => {
+                Some(*wait)
+            }
             _ => None,
         }
     }

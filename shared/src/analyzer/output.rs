@@ -500,11 +500,12 @@ fn dialogue_line(line: &ModelLine, shot: &Shot, fps: Fps) -> Option<DialogueLine
 }
 
 /// `text` cut to at most `max` characters, on a character boundary.
+/// `text` cut to `max` characters, without control characters other than
+/// line breaks and tabs (a NUL cannot even be stored).
 fn clip(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        Some((end, _)) => text[..end].trim_end().to_string(),
-        None => text.to_string(),
-    }
+    let kept = text.chars().filter(|&c| !c.is_control() || matches!(c, '\n' | '\t'));
+    let clipped: String = kept.take(max).collect();
+    clipped.trim_end().to_string()
 }
 
 #[cfg(test)]

@@ -131,24 +131,41 @@ impl Analyzer for ModelAnalyzer {
             max_output_tokens: self.settings.max_output_tokens,
             deadline,
         };
+        let tolerance = tolerance_frames(request, self.settings.snap_tolerance_seconds);
         let mut problems: Vec<(u32, OutputProblem)> = Vec::new();
         for _ in 0..2 {
-            let reply = self.model.ask(request, &question).await?;
+            let reply = match self.model.ask(request, &question).await {
+                Ok(reply) => reply,
+                Err(e) if problems.is_empty() => return Err(e),
+                // The model was asked and paid for already: a second ask
+                // that cannot be made fails this attempt (it is counted,
+                // so a chunk cannot loop through cut-off answers for free)
+                // and says why the first answer was refused.
+                Err(e) => return Err(self.no_usable_answer(request, &problems, Some(&e))),
+            };
             let parsed = match reply.finish {
                 Finish::Blocked(reason) => {
-                    return Err(AnalyzeError::Provider {
-                        chunk_index: request.chunk_index,
-                        analyzer: self.name(),
-                        message: format!("the provider blocked the answer ({reason})"),
-                        retryable: false,
-                    })
+                    tracing::warn!(
+                        chunk_index = request.chunk_index,
+                        reason = %reason,
+                        "the provider blocked the answer; keeping the measured shots"
+                    );
+                    return Ok(blocked(measured, &reason));
                 }
                 Finish::CutOff(reason) => Err(OutputProblem::CutOff(reason)),
-                Finish::Complete => output::parse_output(&reply.text),
+                Finish::Complete => output::parse_output(&reply.text).and_then(|shots| {
+                    if shots.is_empty() && !measured.shots.is_empty() {
+                        Err(OutputProblem::WrongShape(format!(
+                            "no shot described, of the {} measured",
+                            measured.shots.len()
+                        )))
+                    } else {
+                        Ok(shots)
+                    }
+                }),
             };
             match parsed {
                 Ok(shots) => {
-                    let tolerance = tolerance_frames(request, self.settings.snap_tolerance_seconds);
                     return Ok(output::reconcile(
                         request,
                         &measured.shots,
@@ -171,17 +188,46 @@ impl Analyzer for ModelAnalyzer {
                 }
             }
         }
-        let said: Vec<String> = problems
+        Err(self.no_usable_answer(request, &problems, None))
+    }
+}
+
+impl ModelAnalyzer {
+    /// A retryable failure of this attempt, naming every refused answer and
+    /// what then kept the model from answering, if anything.
+    fn no_usable_answer(
+        &self,
+        request: &ChunkRequest,
+        problems: &[(u32, OutputProblem)],
+        then: Option<&AnalyzeError>,
+    ) -> AnalyzeError {
+        let mut said: Vec<String> = problems
             .iter()
             .map(|(budget, p)| format!("{p} (output budget {budget} tokens)"))
             .collect();
-        Err(AnalyzeError::Provider {
+        if let Some(e) = then {
+            said.push(format!("asking again failed: {e}"));
+        }
+        AnalyzeError::Provider {
             chunk_index: request.chunk_index,
             analyzer: self.name(),
             message: format!("no usable answer: {}", said.join("; then ")),
             retryable: true,
-        })
+        }
     }
+}
+
+/// The measured shots, each saying that the model's description is
+/// missing and why: the cuts are still worth having.
+fn blocked(mut measured: ChunkAnalysis, reason: &str) -> ChunkAnalysis {
+    for shot in &mut measured.shots {
+        let sound = std::mem::take(&mut shot.description);
+        shot.description =
+            format!("[not described: the provider blocked the answer ({reason})] {sound}")
+                .trim_end()
+                .to_string();
+    }
+    measured
 }
 
 fn tolerance_frames(request: &ChunkRequest, seconds: f64) -> i64 {

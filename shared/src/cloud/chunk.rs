@@ -58,6 +58,14 @@ pub const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(900);
 #[async_trait]
 pub trait Redelivery: Send + Sync {
     async fn redeliver_after(&self, receipt_handle: &str, delay: Duration);
+
+    /// Sends `body` to the queue again as a new message, delivered after
+    /// `delay` (SQS: at most 15 minutes). A chunk that waited on the
+    /// provider's limits goes back this way: a new message starts a new
+    /// receive count, so waiting never walks it into the dead-letter queue.
+    async fn send_again(&self, _body: &str, _delay: Duration) -> Result<(), String> {
+        Err("this queue cannot send messages again".into())
+    }
 }
 
 /// [`Redelivery`] on an SQS queue.
@@ -86,7 +94,23 @@ impl Redelivery for SqsRedelivery {
             );
         }
     }
+
+    async fn send_again(&self, body: &str, delay: Duration) -> Result<(), String> {
+        let seconds = delay.as_secs().clamp(1, MAX_SEND_DELAY.as_secs()) as i32;
+        self.client
+            .send_message()
+            .queue_url(&self.queue_url)
+            .message_body(body)
+            .delay_seconds(seconds)
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| crate::cloud::queue::describe_sdk_error(&e))
+    }
 }
+
+/// The longest delay SQS gives a message it is sent.
+pub const MAX_SEND_DELAY: Duration = Duration::from_secs(900);
 
 /// The wait before delivery number `receives + 1` of a failed message.
 pub fn backoff(receives: u32) -> Duration {
@@ -160,6 +184,12 @@ impl ChunkHandler {
                 RecordOutcome::Acknowledged(why) => {
                     tracing::info!(message_id = %id, outcome = why, "message acknowledged")
                 }
+                RecordOutcome::Retry {
+                    reason: why,
+                    wait: Wait::After(wait),
+                } if self.sent_again(&record, *wait).await => {
+                    tracing::info!(message_id = %id, reason = %why, retry_in_s = wait.as_secs(), "chunk sent again for later")
+                }
                 RecordOutcome::Retry { reason: why, wait } => {
                     let delay = match wait {
                         Wait::Now => Duration::ZERO,
@@ -180,6 +210,21 @@ impl ChunkHandler {
             }
         }
         response
+    }
+
+    /// Whether the record's body went back to the queue as a new message
+    /// delivered after `wait`, so that this one can be acknowledged.
+    async fn sent_again(&self, record: &SqsMessage, wait: Duration) -> bool {
+        let (Some(redelivery), Some(body)) = (&self.redelivery, record.body.as_deref()) else {
+            return false;
+        };
+        match redelivery.send_again(body, wait).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not send the chunk again; leaving it for retry");
+                false
+            }
+        }
     }
 
     /// Handles one record.
