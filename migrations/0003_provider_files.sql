@@ -10,7 +10,9 @@
 -- them may upload: claims of one film take turns under an advisory lock, and
 -- a film has at most one upload under way over all of its accounts (a second
 -- account would only double the transfer while the first one finishes). The
--- others wait and then use the first one's file through the same key.
+-- others wait and then use the first one's file through the same key. Only
+-- the accounts the claiming worker has keys for count: a file under a key
+-- since removed from its list is one it could never use.
 --
 -- States:
 --   uploading   a worker holds the claim (claim_token) until claim_until and
@@ -97,11 +99,14 @@ $$;
 --       "waitSeconds" are null while that file is processing;
 --   {"state":"failed", "account", "error"}: the provider could not process it.
 -- The claim lasts p_claim_seconds (at most an hour): the holder's deadline.
+-- p_accounts are all the accounts the worker has keys for: another account's
+-- upload makes it wait only when listed, since it could not use that file.
 CREATE OR REPLACE FUNCTION public.claim_provider_file(
     p_video_id uuid,
     p_provider text,
     p_account text,
-    p_claim_seconds double precision
+    p_claim_seconds double precision,
+    p_accounts text[]
 ) RETURNS jsonb
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -114,6 +119,9 @@ BEGIN
     IF p_claim_seconds IS NULL OR NOT (p_claim_seconds > 0 AND p_claim_seconds <= 3600) THEN
         RAISE EXCEPTION 'p_claim_seconds must be in (0, 3600], got %', coalesce(p_claim_seconds::text, 'null')
             USING ERRCODE = '22023';
+    END IF;
+    IF p_accounts IS NULL THEN
+        RAISE EXCEPTION 'p_accounts must not be null' USING ERRCODE = '22023';
     END IF;
     -- Claims of one film take turns, so that of simultaneous first claims
     -- (even for different accounts) exactly one finds nothing under way.
@@ -155,12 +163,14 @@ BEGIN
             'processingSeconds', extract(epoch FROM now() - v_row.uploaded_at));
     END IF;
 
-    -- One upload of the film at a time, over all accounts: this account's
-    -- live claim, or another account's live claim or processing file.
+    -- One upload of the film at a time, over the worker's accounts: this
+    -- account's live claim, or another listed account's live claim or
+    -- processing file.
     SELECT * INTO v_other
     FROM shotlist.provider_files
     WHERE video_id = p_video_id
       AND provider = p_provider
+      AND (account = p_account OR account = ANY (p_accounts))
       AND ((state = 'uploading' AND claim_until > now())
            OR (state = 'processing' AND expires_at > now() AND account <> p_account))
     ORDER BY account = p_account DESC, length(account), account
@@ -372,7 +382,7 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA shotlist TO service
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA shotlist FROM PUBLIC, anon, authenticated;
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA shotlist TO service_role;
 REVOKE EXECUTE ON FUNCTION
-    public.claim_provider_file(uuid, text, text, double precision),
+    public.claim_provider_file(uuid, text, text, double precision, text[]),
     public.save_provider_file(uuid, text, text, uuid, text, text, text, boolean, text),
     public.fail_provider_file(uuid, text, text, uuid, text, text),
     public.release_provider_file(uuid, text, text, uuid),
@@ -380,7 +390,7 @@ REVOKE EXECUTE ON FUNCTION
     public.provider_file_accounts(uuid, text)
 FROM PUBLIC, anon, authenticated;
 GRANT EXECUTE ON FUNCTION
-    public.claim_provider_file(uuid, text, text, double precision),
+    public.claim_provider_file(uuid, text, text, double precision, text[]),
     public.save_provider_file(uuid, text, text, uuid, text, text, text, boolean, text),
     public.fail_provider_file(uuid, text, text, uuid, text, text),
     public.release_provider_file(uuid, text, text, uuid),

@@ -408,3 +408,113 @@ fn real_film_through_the_gemini_analyzer_takes_the_models_words_and_keeps_the_cu
     }
     assert_eq!(fake.counters().generate_total(), 1);
 }
+
+/// The variables a model analyzer reads, none of which a test may inherit.
+const ANALYZER_VARIABLES: [&str; 7] = [
+    "GEMINI_API_KEYS",
+    "GEMINI_BASE_URL",
+    "GEMINI_MODEL",
+    "REPLICATE_API_TOKENS",
+    "REPLICATE_BASE_URL",
+    "REPLICATE_MODEL",
+    "SHOTLIST_ANALYZER",
+];
+
+/// `shotlist process` of the city film into `out` with `analyzer` (none:
+/// the default) and only `vars` of the analyzer variables, logging the
+/// embedded database's start.
+fn process_with(analyzer: Option<&str>, vars: &[(&str, &str)], out: &Path) -> Command {
+    let mut command = shotlist();
+    for name in ANALYZER_VARIABLES {
+        command.env_remove(name);
+    }
+    command
+        .env("RUST_LOG", "shotlist_shared::localdb=debug")
+        .arg("process");
+    if let Some(analyzer) = analyzer {
+        command.args(["--analyzer", analyzer]);
+    }
+    command.arg(city_film()).arg("--out").arg(out);
+    command.envs(vars.iter().copied());
+    command
+}
+
+/// A configuration mistake found before any work: exit 2, one stderr line
+/// that says `expected`, no database started, no output folder.
+fn assert_refused_before_work(command: &mut Command, out: &Path, expected: &str) -> String {
+    let (output, _, _) = run(command);
+    assert_eq!(output.status.code(), Some(2), "a usage error");
+    let stderr = assert_one_line_error(command, expected);
+    assert_eq!(stderr.lines().count(), 1, "nothing was started: {stderr:?}");
+    assert!(!out.exists(), "no output folder was made");
+    stderr
+}
+
+#[test]
+fn a_gemini_analyzer_with_a_bad_base_url_or_model_fails_before_any_work() {
+    for (name, value) in [
+        ("GEMINI_BASE_URL", "ftp://127.0.0.1/"),
+        ("GEMINI_BASE_URL", "http://127.0.0.1:9/?alt=json"),
+        ("GEMINI_MODEL", "gemini 2.5 pro"),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("out");
+        let vars = [("GEMINI_API_KEYS", "AIzaCLIsecret"), (name, value)];
+        let mut command = process_with(Some("gemini"), &vars, &out);
+        let stderr = assert_refused_before_work(&mut command, &out, name);
+        assert!(!stderr.contains("AIzaCLIsecret"), "{stderr:?}");
+    }
+}
+
+#[test]
+fn a_model_analyzer_base_url_with_a_password_is_refused_without_showing_it() {
+    for (analyzer, keys, variable) in [
+        ("gemini", "GEMINI_API_KEYS", "GEMINI_BASE_URL"),
+        ("replicate", "REPLICATE_API_TOKENS", "REPLICATE_BASE_URL"),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("out");
+        let vars = [
+            (keys, "sk_CLIsecret"),
+            (variable, "https://deploy:hunter2@127.0.0.1/"),
+        ];
+        let mut command = process_with(Some(analyzer), &vars, &out);
+        let stderr = assert_refused_before_work(&mut command, &out, variable);
+        assert!(
+            !stderr.contains("hunter2"),
+            "the password is shown: {stderr:?}"
+        );
+        assert!(
+            !stderr.contains("CLIsecret"),
+            "the key is shown: {stderr:?}"
+        );
+    }
+}
+
+#[test]
+fn a_model_analyzer_key_list_mistake_is_one_line_without_the_key() {
+    for (analyzer, name, value) in [
+        (
+            "gemini",
+            "GEMINI_API_KEYS",
+            "AIzaCLIsecret1,,AIzaCLIsecret2",
+        ),
+        ("gemini", "GEMINI_API_KEYS", "AIzaCLI secret1"),
+        ("replicate", "REPLICATE_API_TOKENS", " , "),
+        ("replicate", "REPLICATE_API_TOKENS", "r8_CLIsecret\u{7}x"),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("out");
+        let mut command = process_with(Some(analyzer), &[(name, value)], &out);
+        let stderr = assert_refused_before_work(&mut command, &out, name);
+        assert!(!stderr.contains("CLI"), "a key is shown: {stderr:?}");
+    }
+}
+
+#[test]
+fn a_bad_shotlist_analyzer_variable_is_refused_naming_the_variable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    let mut command = process_with(None, &[("SHOTLIST_ANALYZER", "gemnii")], &out);
+    assert_refused_before_work(&mut command, &out, "SHOTLIST_ANALYZER");
+}

@@ -2,7 +2,9 @@
 //! with its uploads recorded in a real PostgreSQL: the resumable upload,
 //! one upload per film however many chunks start at once, PROCESSING and
 //! FAILED files, finish reasons, retries within the deadline, 429s moving
-//! to the next key, files Gemini lost, and logs that never show a key.
+//! to the next key (but never to upload the film again), files Gemini lost,
+//! chunks deferred while another worker uploads, claims given back by
+//! dropped uploads, and logs that never show a key or a signature.
 //!
 //! Every test has a database and a fake server of its own. The film is a
 //! small generated one (ffmpeg); the request's `MediaInfo` is built by hand.
@@ -33,6 +35,9 @@ use uuid::Uuid;
 /// The test film: 10 s at 25 fps, chunks of 50 frames.
 const FILM_FRAMES: i64 = 250;
 const CHUNK_FRAMES: i64 = 50;
+/// How long a chunk waits for another worker's upload before it is
+/// deferred.
+const UPLOAD_WAIT: Duration = Duration::from_secs(3);
 
 fn fps() -> Fps {
     Fps::new(25, 1).expect("a valid rate")
@@ -81,6 +86,7 @@ async fn rig(keys: usize) -> Rig {
         },
         processing_wait: Duration::from_secs(5),
         poll_interval: Duration::from_millis(50),
+        upload_wait: UPLOAD_WAIT,
     };
     let gemini = Gemini::new(config, Arc::new(db.clone())).expect("a valid configuration");
     Rig {
@@ -135,9 +141,15 @@ fn question(within: Duration) -> Question {
     }
 }
 
+/// A claim on `slot` by a worker with keys 1 to 5.
+async fn claim(db: &Db, slot: &UploadSlot, hold: Duration) -> UploadClaim {
+    let accounts = UploadSlot::accounts(5);
+    db.claim_upload(slot, &accounts, hold).await.unwrap()
+}
+
 /// The token of a claim on `slot` that `db` must grant; `why` says why.
 async fn claim_token(db: &Db, slot: &UploadSlot, hold: Duration, why: &str) -> Uuid {
-    match db.claim_upload(slot, hold).await.unwrap() {
+    match claim(db, slot, hold).await {
         UploadClaim::Claimed { token } => token,
         other => panic!("{why}: expected a claim, got {other:?}"),
     }
@@ -352,20 +364,18 @@ async fn a_500_until_the_deadline_fails_retryably_by_the_deadline() {
 }
 
 #[tokio::test]
-async fn a_429_moves_the_call_to_the_next_key_at_once_and_the_key_rests() {
+async fn a_429_before_any_key_holds_the_film_moves_the_upload_to_the_next_key_at_once() {
     let rig = rig(2).await;
-    rig.ask(0).await.expect("the film is on key 1");
-    rig.fake
-        .script_key(1, [Reply::RateLimited(Duration::from_secs(30))]);
+    rig.fake.rate_limit_uploads(1, 1, Duration::from_secs(30));
     let started = Instant::now();
-    let reply = rig.ask(1).await.expect("answered with key 2");
+    let reply = rig.ask(0).await.expect("answered with key 2");
     let elapsed = started.elapsed();
     assert_eq!(reply.finish, Finish::Complete);
     let counters = rig.fake.counters();
-    assert_eq!(counters.generate_calls.get(&1), Some(&2));
+    assert_eq!(counters.uploads_rate_limited, 1);
+    let uploads: Vec<usize> = rig.fake.uploads().iter().map(|u| u.key).collect();
+    assert_eq!(uploads, [2]);
     assert_eq!(counters.generate_calls.get(&2), Some(&1));
-    // Key 2's project cannot see key 1's file: it uploaded its own.
-    assert_eq!(counters.uploads_started, 2);
     let lease = rig.pool.try_acquire(&[0]).expect("key 2 is free");
     assert_eq!(lease.number(), 2, "key 1 rests");
     // A sanity bound only: far under key 1's 30 s rest, so nothing waited
@@ -373,13 +383,51 @@ async fn a_429_moves_the_call_to_the_next_key_at_once_and_the_key_rests() {
     assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
 }
 
+/// Keys of one Cloud project share its quota: uploading the whole film
+/// under another key to dodge one 429 would cost the transfer and meet the
+/// same limit.
+#[tokio::test]
+async fn a_429_on_the_films_key_throttles_the_chunk_instead_of_uploading_the_film_again() {
+    let rig = rig(2).await;
+    rig.ask(0).await.expect("the film is on key 1");
+    rig.fake
+        .script_key(1, [Reply::RateLimited(Duration::from_secs(30))]);
+    let started = Instant::now();
+    let error = rig.ask(1).await.expect_err("key 1 rests");
+    let AnalyzeError::Throttled { wait, .. } = error else {
+        panic!("expected throttled, got {error:?}");
+    };
+    assert!(
+        wait > Duration::from_secs(25) && wait <= Duration::from_secs(30),
+        "{wait:?}"
+    );
+    // A sanity bound only: far under key 1's 30 s rest.
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let counters = rig.fake.counters();
+    assert_eq!(counters.uploads_started, 1, "{counters:?}");
+    assert_eq!(counters.generate_calls.get(&2), None, "{counters:?}");
+    assert_eq!(rig.pool.in_flight(), [0, 0]);
+}
+
+#[tokio::test]
+async fn a_short_rest_of_the_films_key_is_waited_for_without_uploading_the_film_again() {
+    let rig = rig(2).await;
+    rig.ask(0).await.expect("the film is on key 1");
+    rig.fake
+        .script_key(1, [Reply::RateLimited(Duration::from_secs(1))]);
+    rig.ask(1)
+        .await
+        .expect("answered with key 1 after its rest");
+    let counters = rig.fake.counters();
+    assert_eq!(counters.uploads_started, 1, "{counters:?}");
+    assert_eq!(counters.generate_calls.get(&1), Some(&3), "{counters:?}");
+}
+
 #[tokio::test]
 async fn every_key_rate_limited_throttles_with_the_servers_wait() {
     let rig = rig(2).await;
-    rig.fake
-        .script_key(1, [Reply::RateLimited(Duration::from_secs(30))]);
-    rig.fake
-        .script_key(2, [Reply::RateLimited(Duration::from_secs(20))]);
+    rig.fake.rate_limit_uploads(1, 1, Duration::from_secs(30));
+    rig.fake.rate_limit_uploads(2, 1, Duration::from_secs(20));
     let started = Instant::now();
     let error = rig.ask(0).await.expect_err("every key is rate-limited");
     // A sanity bound only: far under the keys' 20 s and 30 s rests.
@@ -392,6 +440,7 @@ async fn every_key_rate_limited_throttles_with_the_servers_wait() {
         "{wait:?}"
     );
     assert!(error.is_retryable());
+    assert_eq!(rig.pool.in_flight(), [0, 0]);
 }
 
 #[tokio::test]
@@ -428,12 +477,11 @@ async fn a_missing_source_is_permanent_and_gives_the_claim_back() {
         "{error:?}"
     );
     let slot = UploadSlot::new(rig.video_id, "gemini", 1);
-    let claim = rig
-        .db
-        .claim_upload(&slot, Duration::from_secs(60))
-        .await
-        .unwrap();
-    assert!(matches!(claim, UploadClaim::Claimed { .. }), "{claim:?}");
+    let claimed = claim(&rig.db, &slot, Duration::from_secs(60)).await;
+    assert!(
+        matches!(claimed, UploadClaim::Claimed { .. }),
+        "{claimed:?}"
+    );
 }
 
 #[tokio::test]
@@ -466,13 +514,12 @@ async fn a_film_at_an_http_url_is_streamed_into_the_upload() {
 }
 
 #[tokio::test]
-async fn logs_name_keys_by_number_and_never_show_a_key() {
+async fn logs_name_keys_by_number_and_never_show_a_key_even_one_gemini_quotes() {
     let capture = logs::capture();
     let rig = rig(2).await;
 
-    rig.fake
-        .script_key(1, [Reply::RateLimited(Duration::from_secs(30))]);
-    rig.fake.script_key(2, [Reply::Status(400)]);
+    rig.fake.rate_limit_uploads(1, 1, Duration::from_secs(30));
+    rig.fake.script_key(2, [Reply::StatusQuotingKey(400)]);
     let error = rig.ask(0).await.expect_err("a 400 on key 2");
     let (message, retryable) = provider_error(&error);
     assert!(
@@ -486,12 +533,233 @@ async fn logs_name_keys_by_number_and_never_show_a_key() {
         logs.contains("generateContent request"),
         "bodies at trace level"
     );
+    assert!(
+        logs.contains("API key [key] not valid"),
+        "the body, scrubbed"
+    );
     assert!(logs.contains("key=1") && logs.contains("key=2"), "{logs}");
     for value in &rig.keys {
         assert!(!logs.contains(value.as_str()), "a key value was logged");
-        assert!(!error.to_string().contains(value.as_str()));
+        assert!(!format!("{error} {error:?}").contains(value.as_str()));
     }
     assert!(!logs.contains("AIzaFAKE"), "part of a key was logged");
+}
+
+/// The film comes from a presigned URL, whose signature is a credential,
+/// and the source breaks while its bytes are sent to Gemini.
+#[tokio::test]
+async fn a_film_url_that_breaks_mid_upload_shows_its_signature_nowhere() {
+    let capture = logs::capture();
+    let rig = rig(1).await;
+    let app = axum::Router::new().route("/films/{name}", axum::routing::get(broken_film));
+    let server = FakeServer::start(app);
+    let mut request = rig.chunk(0);
+    request.source = format!(
+        "{}/films/film.mp4?X-Amz-Credential=AKIAFAKE&X-Amz-Signature=FAKESIGNATURE0123",
+        server.base_url()
+    );
+    let error = rig
+        .gemini
+        .ask(&request, &question(Duration::from_secs(6)))
+        .await
+        .expect_err("the source broke");
+    assert!(error.is_retryable(), "{error}");
+    let shown = format!("{error} {error:?}");
+    assert!(!shown.contains("FAKESIGNATURE"), "{shown}");
+    let leaked: Vec<String> = capture
+        .text()
+        .lines()
+        .filter(|line| line.contains("FAKESIGNATURE"))
+        .map(str::to_string)
+        .collect();
+    assert!(leaked.is_empty(), "{leaked:?}");
+}
+
+/// A film served with a length it never delivers: part of it, then the
+/// connection breaks.
+async fn broken_film() -> axum::response::Response {
+    let stream = futures::stream::unfold(0u32, |step| async move {
+        match step {
+            0 => Some((Ok(axum::body::Bytes::from(vec![0u8; 64 * 1024])), 1)),
+            1 => {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Some((Err(std::io::Error::other("storage node went away")), 2))
+            }
+            _ => None,
+        }
+    });
+    axum::response::Response::builder()
+        .header("content-length", (1024 * 1024).to_string())
+        .header("content-type", "video/mp4")
+        .body(axum::body::Body::from_stream(stream))
+        .expect("a valid response")
+}
+
+/// Another worker holds the upload claim: the chunk waits a little for it,
+/// then goes back to the queue (deferred, not a failed attempt) until about
+/// when the claim runs out, and never after its own deadline.
+#[tokio::test]
+async fn a_chunk_waiting_for_another_workers_upload_is_deferred_for_the_claims_time() {
+    let rig = rig(1).await;
+    let slot = UploadSlot::new(rig.video_id, "gemini", 1);
+    claim_token(&rig.db, &slot, Duration::from_secs(45), "another worker").await;
+    let started = Instant::now();
+    let error = rig.ask(0).await.expect_err("the other worker uploads");
+    let elapsed = started.elapsed();
+    let AnalyzeError::Deferred { reason, wait, .. } = &error else {
+        panic!("expected deferred, got {error:?}");
+    };
+    assert!(
+        reason.contains("another worker is uploading the film"),
+        "{reason}"
+    );
+    assert!(error.is_retryable() && error.retry_after() == Some(*wait));
+    assert!(
+        *wait > Duration::from_secs(35) && *wait <= Duration::from_secs(45),
+        "{wait:?}"
+    );
+    // It waited as long as it may, not until its 20 s deadline. Sanity
+    // bounds, with room for a busy machine.
+    assert!(
+        elapsed >= UPLOAD_WAIT - Duration::from_millis(100),
+        "{elapsed:?}"
+    );
+    assert!(
+        elapsed < UPLOAD_WAIT + Duration::from_secs(3),
+        "{elapsed:?}"
+    );
+
+    let within = Duration::from_millis(1500);
+    let started = Instant::now();
+    let error = rig
+        .gemini
+        .ask(&rig.chunk(1), &question(within))
+        .await
+        .expect_err("still uploading");
+    assert!(matches!(error, AnalyzeError::Deferred { .. }), "{error:?}");
+    assert!(started.elapsed() <= within, "{:?}", started.elapsed());
+    let counters = rig.fake.counters();
+    assert_eq!(
+        (counters.uploads_started, counters.generate_total()),
+        (0, 0)
+    );
+}
+
+/// The film is processing under key 1, which rests: key 2 neither uploads
+/// it again nor fails; the chunk is deferred.
+#[tokio::test]
+async fn a_chunk_waiting_for_gemini_to_process_the_film_under_a_resting_key_is_deferred() {
+    let rig = rig(2).await;
+    rig.fake.set_processing_polls(1_000);
+    let slot = UploadSlot::new(rig.video_id, "gemini", 1);
+    let token = claim_token(&rig.db, &slot, Duration::from_secs(60), "the upload").await;
+    let file = ProviderFile {
+        name: "files/processing1".into(),
+        uri: format!("{}/v1beta/files/processing1", rig.fake.base_url()),
+        mime_type: "video/mp4".into(),
+        expire_time: None,
+    };
+    assert!(rig
+        .db
+        .save_upload(&slot, Some(token), &file, false)
+        .await
+        .unwrap());
+    rig.pool.rest(0, Duration::from_secs(60));
+    let error = rig.ask(0).await.expect_err("key 1 rests");
+    let AnalyzeError::Deferred { reason, .. } = &error else {
+        panic!("expected deferred, got {error:?}");
+    };
+    assert!(reason.contains("processing the film (key 1)"), "{reason}");
+    assert_eq!(rig.fake.counters().uploads_started, 0);
+}
+
+/// The worker that held the claim died (its deadline is the claim's end):
+/// a chunk that may wait past the claim's end takes the upload over.
+#[tokio::test]
+async fn a_dead_workers_claim_is_taken_over_once_it_runs_out() {
+    let rig = rig(1).await;
+    let slot = UploadSlot::new(rig.video_id, "gemini", 1);
+    claim_token(&rig.db, &slot, Duration::from_secs(1), "a dying worker").await;
+    let started = Instant::now();
+    rig.ask(0)
+        .await
+        .expect("taken over after the claim ran out");
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(rig.fake.counters().uploads_finalized, 1);
+}
+
+/// An upload dropped midway (Ctrl-C, a task aborted because another chunk
+/// failed) gives its claim back: the next chunk uploads at once rather
+/// than waiting out the claim (here a minute).
+#[tokio::test]
+async fn an_upload_dropped_midway_gives_its_claim_back_at_once() {
+    let rig = rig(1).await;
+    rig.fake.set_upload_delay(Duration::from_secs(5));
+    let (request, long) = (rig.chunk(0), question(Duration::from_secs(60)));
+    let first = rig.gemini.ask(&request, &long);
+    let dropped = tokio::time::timeout(Duration::from_millis(800), first).await;
+    assert!(dropped.is_err(), "the first ask was dropped mid-upload");
+    assert_eq!(rig.pool.in_flight(), [0], "the key was given back");
+    rig.fake.set_upload_delay(Duration::ZERO);
+    let reply = rig
+        .gemini
+        .ask(&rig.chunk(1), &question(Duration::from_secs(8)))
+        .await
+        .expect("the next chunk uploads at once");
+    assert_eq!(reply.finish, Finish::Complete);
+    assert_eq!(rig.fake.counters().uploads_started, 2);
+}
+
+/// A file left PROCESSING under a key no longer in the list (shortened or
+/// reordered): no key can poll it, so it must not hold the film up.
+#[tokio::test]
+async fn a_processing_file_under_a_removed_key_does_not_block_the_film() {
+    let rig = rig(1).await;
+    let removed = UploadSlot::new(rig.video_id, "gemini", 5);
+    let token = claim_token(&rig.db, &removed, Duration::from_secs(60), "key 5").await;
+    let file = ProviderFile {
+        name: "files/old5".into(),
+        uri: format!("{}/v1beta/files/old5", rig.fake.base_url()),
+        mime_type: "video/mp4".into(),
+        expire_time: None,
+    };
+    assert!(rig
+        .db
+        .save_upload(&removed, Some(token), &file, false)
+        .await
+        .unwrap());
+    let reply = rig.ask(0).await.expect("key 1 uploads the film itself");
+    assert_eq!(reply.finish, Finish::Complete);
+    assert_eq!(rig.fake.uploads()[0].key, 1);
+}
+
+/// A film that takes longer to send than one chunk's time: the upload must
+/// fit in one chunk's deadline (a documented limit), and an attempt that
+/// runs out says it was the upload, gives its claim back for the next
+/// attempt, and may be tried again.
+#[tokio::test]
+async fn an_upload_slower_than_the_chunks_time_fails_the_attempt_saying_so() {
+    let rig = rig(1).await;
+    rig.fake.set_upload_delay(Duration::from_secs(3));
+    for attempt in 0..2 {
+        let error = rig
+            .gemini
+            .ask(&rig.chunk(attempt), &question(Duration::from_secs(2)))
+            .await
+            .expect_err("the upload cannot finish in 2 s");
+        assert!(error.is_retryable(), "{error}");
+        assert!(error.to_string().contains("sending the film"), "{error}");
+    }
+    assert_eq!(
+        rig.fake.counters().uploads_started,
+        2,
+        "the claim was given back"
+    );
+    assert_eq!(rig.fake.counters().uploads_finalized, 0);
 }
 
 #[tokio::test]
@@ -502,11 +770,10 @@ async fn claims_of_one_film_let_exactly_one_worker_upload() {
         .map(|n| UploadSlot::new(video_id, "gemini", n))
         .collect();
     let hold = Duration::from_secs(60);
-    let claims =
-        futures::future::join_all((0..10).map(|i| db.claim_upload(&slots[i % 2], hold))).await;
+    let claims = futures::future::join_all((0..10).map(|i| claim(&db, &slots[i % 2], hold))).await;
     let mut claimed = Vec::new();
     for (i, claim) in claims.iter().enumerate() {
-        match claim.as_ref().unwrap() {
+        match claim {
             UploadClaim::Claimed { token } => claimed.push((i % 2, *token)),
             UploadClaim::Busy { .. } => {}
             other => panic!("unexpected claim {other:?}"),
@@ -529,7 +796,7 @@ async fn claims_of_one_film_let_exactly_one_worker_upload() {
         .save_upload(mine, Some(token), &file, false)
         .await
         .unwrap());
-    match db.claim_upload(mine, hold).await.unwrap() {
+    match claim(&db, mine, hold).await {
         UploadClaim::Processing { file: seen, .. } => assert_eq!(
             seen,
             ProviderFile {
@@ -539,7 +806,7 @@ async fn claims_of_one_film_let_exactly_one_worker_upload() {
         ),
         other => panic!("expected processing, got {other:?}"),
     }
-    let busy = db.claim_upload(other, hold).await.unwrap();
+    let busy = claim(&db, other, hold).await;
     assert!(
         matches!(busy, UploadClaim::Busy { wait: None, .. }),
         "{busy:?}"
@@ -549,7 +816,7 @@ async fn claims_of_one_film_let_exactly_one_worker_upload() {
         "anyone may activate it"
     );
     assert!(matches!(
-        db.claim_upload(mine, hold).await.unwrap(),
+        claim(&db, mine, hold).await,
         UploadClaim::Ready(_)
     ));
     let accounts = db.upload_accounts(video_id, "gemini").await.unwrap();
@@ -567,7 +834,7 @@ async fn claims_of_one_film_let_exactly_one_worker_upload() {
     assert!(!db.forget_upload(mine, "files/other").await.unwrap());
     assert!(db.forget_upload(mine, "files/abc").await.unwrap());
     assert!(matches!(
-        db.claim_upload(mine, hold).await.unwrap(),
+        claim(&db, mine, hold).await,
         UploadClaim::Claimed { .. }
     ));
 }
@@ -636,15 +903,12 @@ async fn expired_files_and_dead_claims_are_taken_over_and_failures_stick() {
         .await
         .unwrap());
     for account in [1, 2] {
-        let claim = db
-            .claim_upload(&UploadSlot::new(video_id, "gemini", account), hold)
-            .await
-            .unwrap();
+        let slot = UploadSlot::new(video_id, "gemini", account);
         let expected = UploadClaim::Failed {
             account: "1".into(),
             error: "bad codec".into(),
         };
-        assert_eq!(claim, expected);
+        assert_eq!(claim(&db, &slot, hold).await, expected);
     }
 }
 
@@ -653,7 +917,7 @@ async fn only_the_service_role_may_touch_provider_files() {
     let (_db, url) = fresh_db().await;
     let client = connect(&url).await;
     let functions = [
-        "public.claim_provider_file(uuid, text, text, double precision)",
+        "public.claim_provider_file(uuid, text, text, double precision, text[])",
         "public.save_provider_file(uuid, text, text, uuid, text, text, text, boolean, text)",
         "public.fail_provider_file(uuid, text, text, uuid, text, text)",
         "public.release_provider_file(uuid, text, text, uuid)",
@@ -696,10 +960,7 @@ async fn the_provider_files_migration_applies_again_over_itself() {
     let (db, url) = fresh_db().await;
     let video_id = described_film(&db, FILM_FRAMES, "25/1").await;
     let slot = UploadSlot::new(video_id, "gemini", 1);
-    let claim = db
-        .claim_upload(&slot, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let first = claim(&db, &slot, Duration::from_secs(60)).await;
     let (_, sql) = MIGRATIONS
         .iter()
         .find(|(name, _)| *name == "0003_provider_files")
@@ -710,10 +971,7 @@ async fn the_provider_files_migration_applies_again_over_itself() {
         .await
         .expect("applied again");
     // The row survived, and the claim it holds still counts.
-    let again = db
-        .claim_upload(&slot, Duration::from_secs(60))
-        .await
-        .unwrap();
-    assert!(matches!(claim, UploadClaim::Claimed { .. }));
+    let again = claim(&db, &slot, Duration::from_secs(60)).await;
+    assert!(matches!(first, UploadClaim::Claimed { .. }));
     assert!(matches!(again, UploadClaim::Busy { .. }), "{again:?}");
 }

@@ -257,6 +257,25 @@ async fn clips_of_mpeg_ps_footage_start_at_the_chunk_s_frame_between_keyframes()
 }
 
 #[tokio::test]
+async fn ntsc_clips_are_frame_exact_mid_film_and_at_the_films_end() {
+    let rig = Rig::new(1);
+    let fps = "30000/1001".parse().unwrap();
+    let cuts = [1200, 1517, 1790, 2500, 2990];
+    let film = tokio::task::spawn_blocking(move || make_film(&film_dir(), fps, &cuts, 3000, true))
+        .await
+        .unwrap();
+    for (start, end) in [(1501, 1801), (2700, 3000)] {
+        rig.ask(&chunk(&film.path, 5, start, end).await)
+            .await
+            .unwrap();
+        let clip = rig.last_clip();
+        assert_eq!(counted_frames(&clip.path), end - start, "[{start}, {end})");
+        let found = cuts_in(&clip.path).await;
+        assert_eq!(found, cuts_in_clip(&film, start, end), "[{start}, {end})");
+    }
+}
+
+#[tokio::test]
 async fn a_film_on_a_web_server_is_cut_from_its_url() {
     let rig = Rig::new(1);
     let film = film();
@@ -452,6 +471,40 @@ async fn when_every_key_is_throttled_the_chunk_is_throttled_for_about_30_s() {
     assert_uploads_deleted(&rig.fake);
 }
 
+/// A chunk whose keys all rest goes back to the queue before its clip is
+/// cut: the re-encode (up to minutes of video) would be thrown away, on
+/// every round the chunk is claimed again.
+#[tokio::test]
+async fn every_key_resting_throttles_before_the_clip_is_cut() {
+    capture_logs();
+    let keys = fake_replicate::keys(1);
+    let fake = FakeReplicate::start(keys.clone());
+    let no_ffmpeg = |pool: Arc<KeyPool>| {
+        let mut config = config(fake.base_url(), pool);
+        config.ffmpeg = PathBuf::from("/nonexistent/shotlist-ffmpeg");
+        Replicate::new(config).unwrap()
+    };
+    let request = first_chunk().await;
+    let resting = pool(&keys);
+    resting.rest(0, Duration::from_secs(60));
+    let error = no_ffmpeg(resting)
+        .ask(&request, &question(Duration::from_secs(30)))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, AnalyzeError::Throttled { .. }), "{error:?}");
+    // With a key free, the same analyzer cuts first: the missing ffmpeg
+    // shows that the throttled one never started it.
+    let error = no_ffmpeg(pool(&keys))
+        .ask(&request, &question(Duration::from_secs(30)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, AnalyzeError::ToolMissing { .. }),
+        "{error:?}"
+    );
+    assert!(fake.calls().is_empty(), "{:?}", fake.calls());
+}
+
 #[tokio::test]
 async fn five_concurrent_chunks_over_five_keys_use_each_key_once() {
     let rig = Rig::new(5);
@@ -549,6 +602,40 @@ async fn trace_logs_name_keys_by_number_and_never_show_their_value() {
     );
     // Bodies are there at trace level.
     assert!(ours.contains("fake replicate: shot 2"), "{ours}");
+}
+
+#[tokio::test]
+async fn a_key_quoted_in_an_answer_is_in_no_log_line() {
+    let rig = Rig::new(1);
+    rig.fake.quote_keys_in_logs();
+    rig.fake.script(Script::after_polls(Outcome::Echo, 2));
+    let request = first_chunk().await;
+    rig.ask(&request).await.unwrap();
+    let logs = logs::capture().text();
+    let video = format!("video_id={}", request.video_id);
+    let ours: Vec<&str> = logs.lines().filter(|l| l.contains(&video)).collect();
+    let answered: Vec<&&str> = ours
+        .iter()
+        .filter(|l| l.contains("replicate answered"))
+        .collect();
+    assert!(
+        answered.iter().any(|l| l.contains("authorized as <key 1>")),
+        "the answers are logged, the key scrubbed: {answered:?}"
+    );
+    assert!(!logs.contains("r8_FAKE"), "a key's value is in the logs");
+}
+
+#[test]
+fn a_base_url_with_a_password_is_refused_without_showing_it() {
+    let vars = |name: &str| match name {
+        "REPLICATE_API_TOKENS" => Some("r8_a".to_string()),
+        "REPLICATE_BASE_URL" => Some("https://deploy:hunter2@127.0.0.1/".to_string()),
+        _ => None,
+    };
+    let config = ReplicateConfig::from_env(vars).unwrap();
+    let error = Replicate::new(config).unwrap_err();
+    assert!(error.contains("REPLICATE_BASE_URL"), "{error}");
+    assert!(!error.contains("hunter2"), "{error}");
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use shotlist_shared::analyzer::setup::{self, AnalyzerKind, AnalyzerSetup};
 use shotlist_shared::plan::PlanParams;
 use shotlist_shared::runner::RunOptions;
@@ -126,29 +126,24 @@ pub struct ProcessArgs {
     /// Who describes the shots: local (ffmpeg only, no network), gemini
     /// (Google's Gemini API, keys in GEMINI_API_KEYS) or replicate
     /// (google/gemini-3-pro on Replicate, tokens in REPLICATE_API_TOKENS).
-    #[arg(long, value_enum, env = "SHOTLIST_ANALYZER", default_value_t = AnalyzerArg::Local)]
-    pub analyzer: AnalyzerArg,
+    #[arg(
+        long,
+        env = "SHOTLIST_ANALYZER",
+        value_name = "local|gemini|replicate",
+        default_value = "local",
+        value_parser = analyzer_kind
+    )]
+    pub analyzer: AnalyzerKind,
     /// The most one chunk's analysis may take, retries included (10 to 900).
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     pub chunk_timeout: u64,
 }
 
-/// The analyzers `--analyzer` accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum AnalyzerArg {
-    Local,
-    Gemini,
-    Replicate,
-}
-
-impl From<AnalyzerArg> for AnalyzerKind {
-    fn from(arg: AnalyzerArg) -> AnalyzerKind {
-        match arg {
-            AnalyzerArg::Local => AnalyzerKind::Local,
-            AnalyzerArg::Gemini => AnalyzerKind::Gemini,
-            AnalyzerArg::Replicate => AnalyzerKind::Replicate,
-        }
-    }
+/// Reads `--analyzer`, whose value may come from `SHOTLIST_ANALYZER`: the
+/// error names both, since clap names only the flag.
+fn analyzer_kind(name: &str) -> Result<AnalyzerKind, String> {
+    name.parse::<AnalyzerKind>()
+        .map_err(|e| format!("{e} (from --analyzer or SHOTLIST_ANALYZER)"))
 }
 
 /// `shotlist migrate`.
@@ -193,7 +188,7 @@ impl ProcessArgs {
             setup::parse_chunk_timeout("--chunk-timeout", &self.chunk_timeout.to_string())
                 .map_err(ArgError)?;
         let mut analyzer = AnalyzerSetup {
-            kind: self.analyzer.into(),
+            kind: self.analyzer,
             scene_threshold: self.scene_threshold,
             chunk_seconds: self.chunk_seconds,
             ..AnalyzerSetup::default()
@@ -308,7 +303,7 @@ mod tests {
             overlap_seconds: 15.0,
             video_id: None,
             scene_threshold: 0.3,
-            analyzer: AnalyzerArg::Local,
+            analyzer: AnalyzerKind::Local,
             chunk_timeout: 300,
         }
     }
@@ -349,7 +344,7 @@ mod tests {
             (|a| a.chunk_timeout = 5, "--chunk-timeout"),
             (
                 |a| {
-                    a.analyzer = AnalyzerArg::Gemini;
+                    a.analyzer = AnalyzerKind::Gemini;
                     a.chunk_seconds = 3000.0;
                 },
                 "more video than one request",

@@ -11,7 +11,8 @@
 //!
 //! Files belong to the account that uploaded them (for Gemini, the API key's
 //! Cloud project), so records are per account: the key's 1-based number in
-//! the configured list, as text, never the key itself.
+//! the configured list, as text, never the key itself. [`UploadSlot::accounts`]
+//! names all the accounts of a list of keys.
 
 use std::time::Duration;
 
@@ -23,7 +24,7 @@ use uuid::Uuid;
 
 use crate::db::{Db, DbError};
 
-const CLAIM: &str = "SELECT public.claim_provider_file($1, $2, $3, $4)";
+const CLAIM: &str = "SELECT public.claim_provider_file($1, $2, $3, $4, $5)";
 const SAVE: &str = "SELECT public.save_provider_file($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 const FAIL: &str = "SELECT public.fail_provider_file($1, $2, $3, $4, $5, $6)";
 const RELEASE: &str = "SELECT public.release_provider_file($1, $2, $3, $4)";
@@ -51,6 +52,14 @@ impl UploadSlot {
             provider,
             account: key_number.to_string(),
         }
+    }
+}
+
+impl UploadSlot {
+    /// The accounts of a list of `keys` keys: `"1"` to `keys`, as
+    /// [`UploadSlot::new`] names them.
+    pub fn accounts(keys: usize) -> Vec<String> {
+        (1..=keys).map(|n| n.to_string()).collect()
     }
 }
 
@@ -123,9 +132,17 @@ pub trait UploadStore: Send + Sync {
     ) -> Result<Vec<AccountUpload>, DbError>;
 
     /// Decides what the worker of `slot` does about the film's file; see
-    /// [`UploadClaim`]. A claim it gets lasts `hold` (at most an hour).
-    async fn claim_upload(&self, slot: &UploadSlot, hold: Duration)
-        -> Result<UploadClaim, DbError>;
+    /// [`UploadClaim`]. `accounts` are all the accounts the worker has keys
+    /// for: another account's upload under way makes it wait only when it
+    /// is one of them, since it could not use that file otherwise (a key
+    /// removed from the list). A claim it gets lasts `hold` (at most an
+    /// hour).
+    async fn claim_upload(
+        &self,
+        slot: &UploadSlot,
+        accounts: &[String],
+        hold: Duration,
+    ) -> Result<UploadClaim, DbError>;
 
     /// Records `file` as active, or as processing when `active` is false.
     /// With `token`, the claim holder records its upload; without, anyone
@@ -284,12 +301,13 @@ impl UploadStore for Db {
     async fn claim_upload(
         &self,
         slot: &UploadSlot,
+        accounts: &[String],
         hold: Duration,
     ) -> Result<UploadClaim, DbError> {
         // The function refuses claims outside (0 s, 1 h].
         let hold = hold.as_secs_f64().clamp(1.0, 3600.0);
-        let answer: ClaimAnswer =
-            call_for_slot(self, CLAIM, slot, &[(&hold, Type::FLOAT8)]).await?;
+        let more: [Param<'_>; 2] = [(&hold, Type::FLOAT8), (&accounts, Type::TEXT_ARRAY)];
+        let answer: ClaimAnswer = call_for_slot(self, CLAIM, slot, &more).await?;
         Ok(answer.into())
     }
 

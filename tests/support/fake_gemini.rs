@@ -16,7 +16,8 @@
 //! `generateContent` answers from scripts (per key first, then shared, see
 //! [`Reply`]) and otherwise in echo mode: it reads the prompt's lines of the
 //! exact form `Shot {n}: {start} s to {end} s` and describes each shot in
-//! valid JSON, times jittered by a few milliseconds.
+//! valid JSON, times jittered by a few milliseconds. Upload sessions of a
+//! key can be refused with 429s too ([`FakeGemini::rate_limit_uploads`]).
 //!
 //! The server is a [`FakeServer`]: it outlives any test runtime, never
 //! shares a tracing subscriber with the test, and stops when dropped.
@@ -53,6 +54,9 @@ pub enum Reply {
     RateLimited(Duration),
     /// This status with a Google error body (500, 503, 400...).
     Status(u16),
+    /// This status with a Google error body whose message quotes the
+    /// call's key, as a careless proxy might.
+    StatusQuotingKey(u16),
     /// 404 for the file named in the request, as for a deleted file.
     FileNotFound,
     /// Waits this long, then answers in echo mode.
@@ -84,6 +88,8 @@ pub struct Counters {
     pub keys_seen: BTreeSet<usize>,
     /// Calls refused for a missing, unknown or misplaced key.
     pub refused_keys: u32,
+    /// Upload sessions refused with a 429.
+    pub uploads_rate_limited: u32,
 }
 
 impl Counters {
@@ -169,6 +175,9 @@ struct Fake {
     processing_polls: u32,
     outcome: Option<FileOutcome>,
     upload_delay: Duration,
+    /// Per key number: how many more upload sessions get a 429, and the
+    /// rest it asks for.
+    upload_limits: HashMap<usize, (u32, Duration)>,
     sessions: HashMap<u64, Session>,
     files: HashMap<String, FakeFile>,
     next_id: u64,
@@ -248,6 +257,12 @@ impl FakeGemini {
     /// How long the byte upload takes before it is answered.
     pub fn set_upload_delay(&self, delay: Duration) {
         self.state().upload_delay = delay;
+    }
+
+    /// Refuses the next `times` upload sessions started with key number
+    /// `key` (1-based) with a 429 asking for a rest of `delay`.
+    pub fn rate_limit_uploads(&self, key: usize, times: u32, delay: Duration) {
+        self.state().upload_limits.insert(key, (times, delay));
     }
 
     /// Deletes every file, as when they expire.
@@ -367,6 +382,14 @@ async fn start_upload(
         .unwrap_or_default();
     let start_body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     let mut fake = lock(&state);
+    if let Some((times, delay)) = fake.upload_limits.get_mut(&key) {
+        if *times > 0 {
+            *times -= 1;
+            let delay = *delay;
+            fake.counters.uploads_rate_limited += 1;
+            return rate_limited(delay);
+        }
+    }
     fake.next_id += 1;
     let id = fake.next_id;
     fake.counters.uploads_started += 1;
@@ -552,6 +575,12 @@ async fn generate(
                 _ => "INTERNAL",
             };
             google_error(status, reason, &format!("scripted {code}"))
+        }
+        Reply::StatusQuotingKey(code) => {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST);
+            let value = lock(&state).keys[key - 1].clone();
+            let message = format!("API key {value} not valid. Please pass a valid API key.");
+            google_error(status, "INVALID_ARGUMENT", &message)
         }
         Reply::FileNotFound => {
             let message = format!("File {name} not found.");

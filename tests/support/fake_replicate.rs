@@ -12,7 +12,9 @@
 //! key, in the order predictions are created; unscripted predictions
 //! [echo](Outcome::Echo) the prompt's shot lines as a valid answer. Keys can
 //! be throttled (429 with Replicate's "resets in ~Ns" detail) or refused
-//! (401), and creates can be made to fail with given statuses first.
+//! (401), creates can be made to fail with given statuses first, and
+//! predictions can quote the caller's key in their logs, as a careless proxy
+//! might.
 //!
 //! The server is a [`FakeServer`]: it serves tests on any runtime (or none),
 //! its own logs never mix with a test's, and it stops when the
@@ -129,6 +131,8 @@ struct Fake {
     cancels: Vec<String>,
     media: HashMap<String, Bytes>,
     next_id: u64,
+    /// Whether predictions quote their key's value in `logs`.
+    quote_keys: bool,
 }
 
 struct Live {
@@ -215,6 +219,12 @@ impl FakeReplicate {
     /// before creating anything.
     pub fn fail_creates(&self, statuses: &[u16]) {
         self.state().create_failures.extend(statuses);
+    }
+
+    /// Makes every prediction's `logs` quote the value of the key that
+    /// created it.
+    pub fn quote_keys_in_logs(&self) {
+        self.state().quote_keys = true;
     }
 
     /// Serves `bytes` without authorization at the returned URL, with byte
@@ -365,12 +375,16 @@ impl Fake {
             _ => (Value::Null, Value::Null),
         };
         let url = format!("{}/v1/predictions/{}", self.base_url, p.id);
+        let logs = match self.quote_keys {
+            true => format!("authorized as {}", self.keys[p.key - 1]),
+            false => String::new(),
+        };
         json!({
             "id": p.id,
             "model": p.model,
             "version": "hidden",
             "input": p.input,
-            "logs": "",
+            "logs": logs,
             "output": output,
             "error": error,
             "status": p.status,

@@ -503,7 +503,9 @@ fn dialogue_line(line: &ModelLine, shot: &Shot, fps: Fps) -> Option<DialogueLine
 /// `text` cut to `max` characters, without control characters other than
 /// line breaks and tabs (a NUL cannot even be stored).
 fn clip(text: &str, max: usize) -> String {
-    let kept = text.chars().filter(|&c| !c.is_control() || matches!(c, '\n' | '\t'));
+    let kept = text
+        .chars()
+        .filter(|&c| !c.is_control() || matches!(c, '\n' | '\t'));
     let clipped: String = kept.take(max).collect();
     clipped.trim_end().to_string()
 }

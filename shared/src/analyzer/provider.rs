@@ -1,6 +1,7 @@
 //! What the clients of hosted models ([`super::gemini`],
-//! [`super::replicate`]) share: the span of one question, the rest a key
-//! takes after a 429, and the errors a question ends with.
+//! [`super::replicate`]) share: the check of an API's root URL, the span of
+//! one question, the rest a key takes after a 429, and the errors a question
+//! ends with.
 
 use std::time::Duration;
 
@@ -34,6 +35,23 @@ pub(super) fn throttled(analyzer: &'static str, chunk_index: u32, wait: Duration
     }
 }
 
+/// Chunk `chunk_index` must wait for something outside it (another worker's
+/// upload of the film) for about `wait`: it goes back to the queue without
+/// using up an attempt.
+pub(super) fn deferred(
+    analyzer: &'static str,
+    chunk_index: u32,
+    reason: String,
+    wait: Duration,
+) -> AnalyzeError {
+    AnalyzeError::Deferred {
+        chunk_index,
+        analyzer,
+        reason,
+        wait,
+    }
+}
+
 /// `analyzer`'s failure to answer about chunk `chunk_index`, which another
 /// attempt may mend when `retryable`.
 pub(super) fn provider_error(
@@ -50,6 +68,51 @@ pub(super) fn provider_error(
     }
 }
 
+/// The root URL of a provider's API, as `variable` gives it in `text`,
+/// without a trailing slash: an http(s) URL with a host, and without user
+/// info, query or fragment. The error names the variable and shows the URL
+/// as [`shown_url`] does, never a password or a key it may hold.
+pub(super) fn checked_root_url(variable: &str, text: &str) -> Result<String, String> {
+    let trimmed = text.trim().trim_end_matches('/');
+    let shown = shown_url(trimmed);
+    let url = reqwest::Url::parse(trimmed)
+        .map_err(|e| format!("{variable} is not a URL ({e}): {shown}"))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!(
+            "{variable} must not hold a user name or password: {shown}"
+        ));
+    }
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(format!("{variable} must be an http(s) URL: {shown}"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!(
+            "{variable} must be a plain root URL, without query or fragment: {shown}"
+        ));
+    }
+    Ok(trimmed.to_string())
+}
+
+/// A URL as errors may show it: user info replaced by `***` and the query
+/// and fragment left out, since either may hold a secret. Works on text
+/// that does not parse as a URL too.
+pub(super) fn shown_url(text: &str) -> String {
+    let text = text.split(['?', '#']).next().unwrap_or(text);
+    let (scheme, rest) = match text.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, text),
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let rest = match rest[..authority_end].rfind('@') {
+        Some(at) => format!("***@{}", &rest[at + 1..]),
+        None => rest.to_string(),
+    };
+    match scheme {
+        Some(scheme) => format!("{scheme}://{rest}"),
+        None => rest,
+    }
+}
+
 /// The span of one question about a chunk: named after the analyzer (a
 /// constant, such as `NAME`: a span's name is fixed where it is written),
 /// with the film and the chunk as fields.
@@ -63,3 +126,32 @@ macro_rules! question_span {
     };
 }
 pub(super) use question_span;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_urls_are_plain_http_and_errors_show_no_user_info_or_query() {
+        assert_eq!(
+            checked_root_url("V", " http://127.0.0.1:8080/ ").unwrap(),
+            "http://127.0.0.1:8080"
+        );
+        for bad in [
+            "ftp://deploy:hunter2@127.0.0.1/",
+            "https://deploy:hunter2@127.0.0.1",
+            "https://hunter2@127.0.0.1",
+            "http://u:hunter2@127.0.0.1:99999",
+            "https://127.0.0.1/?key=hunter2",
+            "https://127.0.0.1/#hunter2",
+            "ftp://127.0.0.1/",
+            "not a url hunter2@",
+        ] {
+            let error = checked_root_url("V", bad).unwrap_err();
+            assert!(error.starts_with("V "), "{error}");
+            assert!(!error.contains("hunter2"), "{error}");
+        }
+        assert_eq!(shown_url("https://u:p@h:1/a/b?x=1"), "https://***@h:1/a/b");
+        assert_eq!(shown_url("h/x@y"), "h/x@y");
+    }
+}

@@ -2,6 +2,7 @@
 //! about it, the resumable upload of the film (from a local file or an
 //! http(s) URL), and the wait while Gemini processes it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::CONTENT_LENGTH;
@@ -10,12 +11,12 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use super::call::{key_header, transport_failure};
-use super::{store_failure, About, Failure, Gemini, MESSAGE_CHARS, NAME, TRY_RESERVE};
+use super::{put_off, store_failure, About, Failure, Gemini, MESSAGE_CHARS, NAME, TRY_RESERVE};
 use crate::analyzer::keys::KeyLease;
 use crate::analyzer::provider::provider_error;
 use crate::analyzer::{AnalyzeError, ChunkRequest};
 use crate::probe::MediaInfo;
-use crate::uploads::{ProviderFile, UploadClaim, UploadSlot};
+use crate::uploads::{ProviderFile, UploadClaim, UploadSlot, UploadStore};
 
 /// The File API's view of a file.
 #[derive(Debug, Clone, Deserialize)]
@@ -61,6 +62,97 @@ impl RemoteFile {
     }
 }
 
+/// What a chunk can do about the film's file with one key.
+pub(super) enum FilmFile {
+    /// Use this file.
+    Ready(ProviderFile),
+    /// Someone else's upload of the film is under way: wait for it.
+    Elsewhere(Elsewhere),
+}
+
+/// Another worker's upload of the film, or a file of it that Gemini is
+/// still processing, under another key (or under this one, by another
+/// worker).
+#[derive(Debug)]
+pub(super) struct Elsewhere {
+    /// The key's number, as the store names the account.
+    account: String,
+    /// How long the uploader's claim still runs; `None` once the file is
+    /// uploaded and processing.
+    claim_left: Option<Duration>,
+}
+
+impl Elsewhere {
+    /// The chunk goes back to the queue until the upload is likely done.
+    pub(super) fn deferred(&self, chunk_index: u32) -> AnalyzeError {
+        let what = match self.claim_left {
+            Some(_) => "another worker is uploading the film",
+            None => "gemini is still processing the film",
+        };
+        let reason = format!("{what} (key {})", self.account);
+        put_off(chunk_index, reason, self.claim_left)
+    }
+}
+
+/// How long a chunk may wait for the film's file.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Limits {
+    /// The end of waiting for someone else's upload, or for Gemini to
+    /// process a file this chunk did not upload.
+    pub(super) wait_until: Instant,
+    /// The question's deadline.
+    pub(super) deadline: Instant,
+}
+
+impl Limits {
+    /// Whether one more wait of `interval` ends within the limits.
+    pub(super) fn allow_poll(&self, interval: Duration) -> bool {
+        let after = Instant::now() + interval;
+        after <= self.wait_until && after + TRY_RESERVE < self.deadline
+    }
+}
+
+/// An upload claim, given back if the upload is dropped midway (the run is
+/// interrupted, the task aborted) so that the next worker uploads at once
+/// instead of waiting until the claim runs out. [`settle`](Self::settle) it
+/// once the upload is recorded or released.
+struct HeldClaim {
+    store: Arc<dyn UploadStore>,
+    slot: UploadSlot,
+    token: uuid::Uuid,
+    settled: bool,
+}
+
+impl HeldClaim {
+    fn settle(mut self) {
+        self.settled = true;
+    }
+}
+
+impl Drop for HeldClaim {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        // Without a runtime (the process is ending) the claim runs out at
+        // its holder's deadline, as a crashed worker's does.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        tracing::debug!(key = %self.slot.account, "upload dropped; giving its claim back");
+        let (store, slot, token) = (self.store.clone(), self.slot.clone(), self.token);
+        runtime.spawn(async move { release_claim(store.as_ref(), &slot, token).await });
+    }
+}
+
+/// Gives the claim `token` back; a failure is logged, and the claim then
+/// runs out at its holder's deadline.
+async fn release_claim(store: &dyn UploadStore, slot: &UploadSlot, token: uuid::Uuid) {
+    if let Err(e) = store.release_upload(slot, token).await {
+        tracing::warn!(key = %slot.account, error = %e, "cannot give back the upload claim");
+    }
+}
+
 /// The film's bytes, ready to be streamed into an upload.
 struct Source {
     body: reqwest::Body,
@@ -69,39 +161,43 @@ struct Source {
 }
 
 impl Gemini {
-    /// The film's file for `lease`'s account: `None` while another worker
-    /// uploads it.
+    /// The film's file for `lease`'s account, or the upload under way
+    /// elsewhere to wait for.
     pub(super) async fn film_file(
         &self,
         lease: &KeyLease<'_>,
         slot: &UploadSlot,
         request: &ChunkRequest,
-        deadline: Instant,
-    ) -> Result<Option<ProviderFile>, Failure> {
+        limits: Limits,
+    ) -> Result<FilmFile, Failure> {
         let chunk_index = request.chunk_index;
+        let deadline = limits.deadline;
         // A claim lasts until the holder's deadline, past which it stops
         // working on the upload: a holder that died frees it then.
         let hold = deadline.saturating_duration_since(Instant::now());
         let claim = self
             .uploads
-            .claim_upload(slot, hold)
+            .claim_upload(slot, &self.accounts, hold)
             .await
             .map_err(|e| store_failure("claiming the film's upload", e, chunk_index))?;
         match claim {
-            UploadClaim::Ready(file) => Ok(Some(file)),
+            UploadClaim::Ready(file) => Ok(FilmFile::Ready(file)),
             UploadClaim::Processing { file, since } => self
-                .until_active(lease, slot, file, since, deadline, chunk_index)
+                .until_active(lease, slot, file, since, limits, chunk_index)
                 .await
-                .map(Some),
+                .map(FilmFile::Ready),
             UploadClaim::Claimed { token } => self
                 .upload_film(lease, slot, token, request, deadline)
                 .await
-                .map(Some),
+                .map(FilmFile::Ready),
             UploadClaim::Busy { account, wait } => {
                 tracing::debug!(key = lease.number(), uploader_key = %account,
                     claim_s = wait.map(|w| w.as_secs_f64()),
                     "another worker is uploading the film; waiting");
-                Ok(None)
+                Ok(FilmFile::Elsewhere(Elsewhere {
+                    account,
+                    claim_left: wait,
+                }))
             }
             UploadClaim::Failed { account, error } => {
                 Err(failed_film(chunk_index, account, &error))
@@ -111,7 +207,8 @@ impl Gemini {
 
     /// Uploads the film as the claim holder `token`, records the file and
     /// waits until it is ACTIVE. A failure that may pass gives the claim
-    /// back, so that the next worker uploads at once.
+    /// back, so that the next worker uploads at once; so does dropping the
+    /// upload midway.
     async fn upload_film(
         &self,
         lease: &KeyLease<'_>,
@@ -122,13 +219,20 @@ impl Gemini {
     ) -> Result<ProviderFile, Failure> {
         let key = lease.number();
         let chunk_index = request.chunk_index;
+        let claim = HeldClaim {
+            store: self.uploads.clone(),
+            slot: slot.clone(),
+            token,
+            settled: false,
+        };
         let upload = self.retrying("uploading the film", key, deadline, || {
             self.upload_once(lease, request, deadline)
         });
         let remote = match upload.await {
             Ok(remote) => remote,
             Err(failure) => {
-                self.release(slot, token).await;
+                release_claim(self.uploads.as_ref(), slot, token).await;
+                claim.settle();
                 return Err(failure);
             }
         };
@@ -137,16 +241,25 @@ impl Gemini {
         match remote.state.as_str() {
             "ACTIVE" => {
                 self.save(slot, Some(token), &file, true).await;
+                claim.settle();
                 Ok(file)
             }
             "FAILED" => {
                 let detail = remote.failure_detail();
                 self.fail(slot, Some(token), None, &detail).await;
+                claim.settle();
                 Err(failed_film(chunk_index, key, &detail))
             }
             _ => {
                 self.save(slot, Some(token), &file, false).await;
-                self.until_active(lease, slot, file, Duration::ZERO, deadline, chunk_index)
+                claim.settle();
+                // Having uploaded the film, the chunk waits for Gemini's
+                // processing until its deadline.
+                let limits = Limits {
+                    wait_until: deadline,
+                    deadline,
+                };
+                self.until_active(lease, slot, file, Duration::ZERO, limits, chunk_index)
                     .await
             }
         }
@@ -155,20 +268,21 @@ impl Gemini {
     /// Polls `file` until Gemini says ACTIVE (recording it) or FAILED (a
     /// permanent failure, recorded for every later chunk). The file has
     /// been PROCESSING for `since` already; past the processing bound the
-    /// film is given up.
+    /// film is given up. Still processing at the end of the `limits`, the
+    /// chunk is deferred: the wait is not its fault.
     async fn until_active(
         &self,
         lease: &KeyLease<'_>,
         slot: &UploadSlot,
         file: ProviderFile,
         since: Duration,
-        deadline: Instant,
+        limits: Limits,
         chunk_index: u32,
     ) -> Result<ProviderFile, Failure> {
         let key = lease.number();
         let give_up = Instant::now() + self.processing_wait.saturating_sub(since);
         loop {
-            let remote = self.file_state(lease, &file.name, deadline).await?;
+            let remote = self.file_state(lease, &file.name, limits.deadline).await?;
             match remote.state.as_str() {
                 "ACTIVE" => {
                     self.save(slot, None, &file, true).await;
@@ -193,12 +307,15 @@ impl Gemini {
                 self.fail(slot, None, Some(&file.name), &detail).await;
                 return Err(failed_film(chunk_index, key, &detail));
             }
-            if now + self.poll_interval + TRY_RESERVE >= deadline {
-                return Err(Failure::Transient(
-                    "the film's file was still processing at the deadline".into(),
-                ));
+            let interval = self.poll_interval.min(give_up - now);
+            if !limits.allow_poll(interval) {
+                let processing = Elsewhere {
+                    account: key.to_string(),
+                    claim_left: None,
+                };
+                return Err(Failure::Final(processing.deferred(chunk_index)));
             }
-            tokio::time::sleep(self.poll_interval.min(give_up - now)).await;
+            tokio::time::sleep(interval).await;
         }
     }
 
@@ -456,13 +573,6 @@ impl Gemini {
         if let Err(e) = self.uploads.fail_upload(slot, token, name, error).await {
             tracing::warn!(key = %slot.account, error = %e,
                 "cannot record the film's failed upload");
-        }
-    }
-
-    async fn release(&self, slot: &UploadSlot, token: uuid::Uuid) {
-        // Not released, the claim runs out at the holder's deadline.
-        if let Err(e) = self.uploads.release_upload(slot, token).await {
-            tracing::warn!(key = %slot.account, error = %e, "cannot give back the upload claim");
         }
     }
 

@@ -11,7 +11,10 @@
 //!    whose account already holds the film (or is uploading it); otherwise
 //!    the least-loaded key that is not resting after a 429. When every key
 //!    rests, the answer is [`AnalyzeError::Throttled`]: the chunk goes back
-//!    to the queue without using up an attempt.
+//!    to the queue without using up an attempt. So it is too when the film
+//!    is ready under some keys and all of those rest: another key would
+//!    upload the whole film again, and keys of one Cloud project share one
+//!    quota anyway.
 //! 2. **File.** Postgres says what to do ([`UploadStore::claim_upload`]): use
 //!    the account's ready file; poll one still PROCESSING; upload the film
 //!    (exactly one worker of a film does, whatever the number of chunks
@@ -20,7 +23,14 @@
 //!    sends the bytes to the session URL (`upload, finalize`), then polls
 //!    `GET /v1beta/files/{id}` until ACTIVE, within
 //!    [`GeminiConfig::processing_wait`] counted from the upload. FAILED is
-//!    permanent, for every later chunk too.
+//!    permanent, for every later chunk too. An upload dropped midway (the
+//!    run interrupted, its task aborted) gives its claim back, so that the
+//!    next worker uploads at once.
+//!
+//!    Waiting for another worker's upload, or for Gemini to process the
+//!    film, is not the chunk's fault: after [`GeminiConfig::upload_wait`],
+//!    or at the deadline if sooner, the answer is [`AnalyzeError::Deferred`]
+//!    and the chunk goes back to the queue without using up an attempt.
 //! 3. **Ask.** `POST /v1beta/models/{model}:generateContent`. The answer's
 //!    text parts are joined (thoughts left out) and its `finishReason` says
 //!    whether it is complete, cut off or blocked.
@@ -64,12 +74,16 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::keys::KeyPool;
-use super::provider::{provider_error, question_span, throttled};
+use super::keys::{KeyLease, KeyPool, MAX_KEY_WAIT};
+use super::provider::{
+    checked_root_url, deferred, provider_error, question_span, throttled, MIN_REST,
+};
 use super::remote::{http_client, HttpTimeouts, ModelReply, Question, VideoModel};
 use super::{AnalyzeError, ChunkRequest};
 use crate::db::DbError;
 use crate::uploads::{UploadSlot, UploadState, UploadStore};
+
+use file::{Elsewhere, FilmFile, Limits};
 
 pub use file::mime_type;
 pub use generate::{clip_offsets, finish_of};
@@ -93,6 +107,16 @@ pub const DEFAULT_MODEL: &str = "gemini-2.5-pro";
 pub const DEFAULT_PROCESSING_WAIT: Duration = Duration::from_secs(600);
 /// How often a PROCESSING file, or another worker's upload, is looked at.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(2);
+/// How long a chunk waits for another worker's upload of the film, or for
+/// Gemini to process it, before it goes back to the queue.
+pub const DEFAULT_UPLOAD_WAIT: Duration = Duration::from_secs(30);
+
+/// The longest a chunk that waits for someone else's upload asks to be put
+/// off: the upload may end long before the uploader's claim runs out.
+const MAX_DEFER: Duration = Duration::from_secs(60);
+/// How long a chunk is put off when nothing says how long the wait is (a
+/// file Gemini is still processing).
+const DEFAULT_DEFER: Duration = Duration::from_secs(10);
 
 /// A try is only worth starting with at least this much time left.
 const TRY_RESERVE: Duration = Duration::from_millis(500);
@@ -114,13 +138,16 @@ pub struct GeminiConfig {
     pub processing_wait: Duration,
     /// How often a PROCESSING file, or another worker's upload, is checked.
     pub poll_interval: Duration,
+    /// How long a chunk waits for another worker's upload of the film, or
+    /// for Gemini to process it, before it is [deferred](AnalyzeError::Deferred).
+    pub upload_wait: Duration,
 }
 
 impl GeminiConfig {
     /// The configuration from `GEMINI_API_KEYS` (required),
     /// `GEMINI_BASE_URL` and `GEMINI_MODEL`, read through `var` (blank counts
-    /// as unset); the other fields take their defaults. The error names the
-    /// variable, never a key.
+    /// as unset) and [checked](GeminiConfig::check); the other fields take
+    /// their defaults. The error names the variable, never a key.
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<GeminiConfig, String> {
         let get = |name: &str| {
             var(name)
@@ -131,14 +158,38 @@ impl GeminiConfig {
             format!("{KEYS_VAR} is not set: give one or more Gemini API keys, separated by commas")
         })?;
         let keys = KeyPool::from_list(NAME, KEYS_VAR, &list, None).map_err(|e| e.0)?;
-        Ok(GeminiConfig {
+        let config = GeminiConfig {
             base_url: get(BASE_URL_VAR).unwrap_or_else(|| DEFAULT_BASE_URL.to_string()),
             model: get(MODEL_VAR).unwrap_or_else(|| DEFAULT_MODEL.to_string()),
             keys: Arc::new(keys),
             timeouts: HttpTimeouts::default(),
             processing_wait: DEFAULT_PROCESSING_WAIT,
             poll_interval: DEFAULT_POLL_INTERVAL,
-        })
+            upload_wait: DEFAULT_UPLOAD_WAIT,
+        };
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Checks everything [`Gemini::new`] checks, without building a client:
+    /// the base URL (an http(s) root without user info, query or fragment),
+    /// the model's name, that there is a key, and the poll interval. The
+    /// error names the variable, and shows neither a key nor a password.
+    pub fn check(&self) -> Result<(), String> {
+        self.checked().map(drop)
+    }
+
+    /// The base URL and the model as [`Gemini`] uses them, once checked.
+    fn checked(&self) -> Result<(String, String), String> {
+        let base_url = checked_root_url(BASE_URL_VAR, &self.base_url)?;
+        let model = checked_model(&self.model)?;
+        if self.keys.is_empty() {
+            return Err(format!("{KEYS_VAR}: no API key given"));
+        }
+        if self.poll_interval.is_zero() {
+            return Err("the Gemini poll interval must be positive".to_string());
+        }
+        Ok((base_url, model))
     }
 
     /// [`from_vars`](GeminiConfig::from_vars) over the process environment.
@@ -152,8 +203,12 @@ pub struct Gemini {
     base_url: String,
     model: String,
     keys: Arc<KeyPool>,
+    /// The accounts of the keys, for claims ([`UploadSlot::accounts`]).
+    accounts: Vec<String>,
+    rests: Rests,
     processing_wait: Duration,
     poll_interval: Duration,
+    upload_wait: Duration,
     client: reqwest::Client,
     uploads: Arc<dyn UploadStore>,
 }
@@ -174,20 +229,16 @@ impl Gemini {
     ///
     /// [`Db`]: crate::db::Db
     pub fn new(config: GeminiConfig, uploads: Arc<dyn UploadStore>) -> Result<Gemini, String> {
-        let base_url = checked_base_url(&config.base_url)?;
-        let model = checked_model(&config.model)?;
-        if config.keys.is_empty() {
-            return Err(format!("{KEYS_VAR}: no API key given"));
-        }
-        if config.poll_interval.is_zero() {
-            return Err("the Gemini poll interval must be positive".to_string());
-        }
+        let (base_url, model) = config.checked()?;
         Ok(Gemini {
             base_url,
             model,
+            accounts: UploadSlot::accounts(config.keys.len()),
             keys: config.keys,
+            rests: Rests::default(),
             processing_wait: config.processing_wait,
             poll_interval: config.poll_interval,
+            upload_wait: config.upload_wait,
             client: http_client(config.timeouts)?,
             uploads,
         })
@@ -197,21 +248,6 @@ impl Gemini {
     pub fn model(&self) -> &str {
         &self.model
     }
-}
-
-fn checked_base_url(text: &str) -> Result<String, String> {
-    let trimmed = text.trim().trim_end_matches('/');
-    let url = reqwest::Url::parse(trimmed)
-        .map_err(|e| format!("{BASE_URL_VAR} is not a URL ({e}): {trimmed}"))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err(format!("{BASE_URL_VAR} must be an http(s) URL: {trimmed}"));
-    }
-    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
-        return Err(format!(
-            "{BASE_URL_VAR} must be a plain root URL, without user, query or fragment"
-        ));
-    }
-    Ok(trimmed.to_string())
 }
 
 fn checked_model(text: &str) -> Result<String, String> {
@@ -323,29 +359,29 @@ impl Gemini {
     ) -> Result<ModelReply, AnalyzeError> {
         let chunk_index = request.chunk_index;
         let deadline = question.deadline;
+        let limits = Limits {
+            wait_until: deadline.min(Instant::now() + self.upload_wait),
+            deadline,
+        };
         let mut uploaded_again = false;
         loop {
-            let prefer = self.preferred_keys(request).await?;
-            let lease = self
-                .keys
-                .acquire(&prefer, deadline)
-                .await
-                .map_err(|resting| throttled(NAME, chunk_index, resting.wait))?;
+            let holders = self.film_holders(request).await?;
+            let lease = self.film_key(&holders, deadline, chunk_index).await?;
             let slot = UploadSlot::new(request.video_id, NAME, lease.number());
-            let answer = match self.film_file(&lease, &slot, request, deadline).await {
-                Ok(Some(file)) => self.generate(&lease, &file, request, question).await,
-                Ok(None) => {
-                    // Another worker is uploading: wait without holding a
-                    // key, then prefer the key it uploads with.
+            let answer = match self.film_file(&lease, &slot, request, limits).await {
+                Ok(FilmFile::Ready(file)) => self.generate(&lease, &file, request, question).await,
+                Ok(FilmFile::Elsewhere(upload)) => {
+                    // Wait without holding a key, then prefer the key it
+                    // uploads with.
                     drop(lease);
-                    self.pause_for_upload(deadline, chunk_index).await?;
+                    self.pause_for_upload(&upload, limits, chunk_index).await?;
                     continue;
                 }
                 Err(failure) => Err(failure),
             };
             match answer {
                 Ok(reply) => return Ok(reply),
-                Err(Failure::RateLimited(wait)) => lease.rest(wait),
+                Err(Failure::RateLimited(wait)) => self.rest(&lease, wait),
                 Err(Failure::FileGone { name, detail }) if !uploaded_again => {
                     tracing::info!(key = lease.number(), file = %name, detail = %detail,
                         "gemini no longer has the film's file; uploading it again");
@@ -357,9 +393,9 @@ impl Gemini {
         }
     }
 
-    /// The 0-based indexes of the keys whose account holds the film, or
-    /// else of those uploading it.
-    async fn preferred_keys(&self, request: &ChunkRequest) -> Result<Vec<usize>, AnalyzeError> {
+    /// The keys to prefer for the film: those whose account holds its file
+    /// (`ready`), or else those uploading it.
+    async fn film_holders(&self, request: &ChunkRequest) -> Result<Holders, AnalyzeError> {
         let accounts = self
             .uploads
             .upload_accounts(request.video_id, NAME)
@@ -381,23 +417,116 @@ impl Gemini {
             .filter_map(|a| index(&a.account))
             .collect();
         if !ready.is_empty() {
-            return Ok(ready);
+            return Ok(Holders {
+                keys: ready,
+                ready: true,
+            });
         }
-        Ok(accounts.iter().filter_map(|a| index(&a.account)).collect())
+        Ok(Holders {
+            keys: accounts.iter().filter_map(|a| index(&a.account)).collect(),
+            ready: false,
+        })
     }
 
-    async fn pause_for_upload(
+    /// A key for the film, one of `holders` when any is free. When the film
+    /// is ready under some keys and all of them rest, another key would
+    /// upload the whole film again, and with keys of one Cloud project (one
+    /// quota) meet the same limit: the chunk waits for the soonest of them
+    /// when that is short, and is throttled otherwise.
+    async fn film_key(
         &self,
+        holders: &Holders,
         deadline: Instant,
         chunk_index: u32,
+    ) -> Result<KeyLease<'_>, AnalyzeError> {
+        loop {
+            let lease = self
+                .keys
+                .acquire(&holders.keys, deadline)
+                .await
+                .map_err(|resting| throttled(NAME, chunk_index, resting.wait))?;
+            if !holders.ready || holders.keys.contains(&lease.index()) {
+                return Ok(lease);
+            }
+            drop(lease);
+            // Not known resting here: it was rested elsewhere, or its rest
+            // has just ended. Either way, worth a look again soon.
+            let wait = self.rests.soonest(&holders.keys).unwrap_or(MIN_REST);
+            if wait > MAX_KEY_WAIT || Instant::now() + wait + TRY_RESERVE >= deadline {
+                tracing::debug!(
+                    rest_s = wait.as_secs_f64(),
+                    "every key that holds the film rests"
+                );
+                return Err(throttled(NAME, chunk_index, wait));
+            }
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Lets `lease`'s key rest for `wait` after a 429.
+    fn rest(&self, lease: &KeyLease<'_>, wait: Duration) {
+        lease.rest(wait);
+        self.rests.note(lease.index(), wait);
+    }
+
+    /// Waits one poll interval for someone else's upload of the film; once
+    /// the chunk has waited as long as it may, it is deferred instead.
+    async fn pause_for_upload(
+        &self,
+        upload: &Elsewhere,
+        limits: Limits,
+        chunk_index: u32,
     ) -> Result<(), AnalyzeError> {
-        if Instant::now() + self.poll_interval + TRY_RESERVE >= deadline {
-            let message = "another worker was still uploading the film at the deadline";
-            return Err(provider_error(NAME, chunk_index, message.into(), true));
+        if !limits.allow_poll(self.poll_interval) {
+            return Err(upload.deferred(chunk_index));
         }
         tokio::time::sleep(self.poll_interval).await;
         Ok(())
     }
+}
+
+/// The keys whose account holds the film's file (`ready`), or else those
+/// uploading it, as 0-based indexes into the pool.
+#[derive(Debug)]
+struct Holders {
+    keys: Vec<usize>,
+    ready: bool,
+}
+
+/// When each key's rest after a 429 ends, as this analyzer set it: the pool
+/// tells how long the soonest of all its keys rests, not of given ones.
+#[derive(Debug, Default)]
+struct Rests(std::sync::Mutex<std::collections::HashMap<usize, Instant>>);
+
+impl Rests {
+    /// Key `index` rests for `wait` from now (a rest is never shortened).
+    fn note(&self, index: usize, wait: Duration) {
+        let until = Instant::now() + wait;
+        // Plain instants: a panic elsewhere cannot leave them inconsistent.
+        let mut rests = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = rests.entry(index).or_insert(until);
+        *entry = (*entry).max(until);
+    }
+
+    /// How long the soonest of `indexes` rests still; `None` when none is
+    /// known to rest.
+    fn soonest(&self, indexes: &[usize]) -> Option<Duration> {
+        let now = Instant::now();
+        let rests = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        indexes
+            .iter()
+            .filter_map(|index| rests.get(index))
+            .filter(|until| **until > now)
+            .map(|until| *until - now)
+            .min()
+    }
+}
+
+/// Chunk `chunk_index` waits for `what` (someone else's upload, Gemini's
+/// processing) for about `wait`, kept within [`MIN_REST`] and [`MAX_DEFER`].
+fn put_off(chunk_index: u32, what: String, wait: Option<Duration>) -> AnalyzeError {
+    let wait = wait.unwrap_or(DEFAULT_DEFER).clamp(MIN_REST, MAX_DEFER);
+    deferred(NAME, chunk_index, what, wait)
 }
 
 #[cfg(test)]
@@ -455,16 +584,31 @@ mod tests {
     }
 
     #[test]
-    fn base_urls_and_models_are_checked() {
-        assert_eq!(
-            checked_base_url("http://127.0.0.1:8080/").unwrap(),
-            "http://127.0.0.1:8080"
-        );
-        assert!(checked_base_url("ftp://x")
-            .unwrap_err()
-            .contains(BASE_URL_VAR));
-        assert!(checked_base_url("https://x/?key=1").is_err());
-        assert!(checked_base_url("https://user:pw@x").is_err());
+    fn base_urls_and_models_are_checked_from_the_variables_before_any_client() {
+        let vars = |base_url: &'static str, model: &'static str| {
+            move |name: &str| match name {
+                KEYS_VAR => Some("k".to_string()),
+                BASE_URL_VAR => Some(base_url.to_string()),
+                MODEL_VAR => Some(model.to_string()),
+                _ => None,
+            }
+        };
+        let read = |base_url, model| GeminiConfig::from_vars(vars(base_url, model));
+        let config = read("http://127.0.0.1:8080/", "models/gemini-2.5-pro").unwrap();
+        assert_eq!(config.check(), Ok(()));
+        for (base_url, model, variable) in [
+            ("ftp://127.0.0.1/", "m", BASE_URL_VAR),
+            ("https://127.0.0.1/?key=hunter2", "m", BASE_URL_VAR),
+            ("https://user:hunter2@127.0.0.1", "m", BASE_URL_VAR),
+            ("http://127.0.0.1", "gemini 2.5 pro", MODEL_VAR),
+        ] {
+            let error = read(base_url, model).unwrap_err();
+            assert!(error.contains(variable), "{error}");
+            assert!(!error.contains("hunter2"), "{error}");
+        }
+        let mut edited = config;
+        edited.model = "../x".into();
+        assert!(edited.check().unwrap_err().contains(MODEL_VAR));
         assert_eq!(
             checked_model("models/gemini-2.5-pro").unwrap(),
             "gemini-2.5-pro"
@@ -473,5 +617,28 @@ mod tests {
             .unwrap_err()
             .contains(MODEL_VAR));
         assert!(checked_model("").is_err());
+    }
+
+    #[test]
+    fn rests_say_how_long_the_soonest_of_given_keys_rests() {
+        let rests = Rests::default();
+        assert_eq!(rests.soonest(&[0, 1]), None);
+        rests.note(0, Duration::from_secs(30));
+        rests.note(0, Duration::from_secs(5));
+        rests.note(2, Duration::from_secs(10));
+        let soonest = rests.soonest(&[0, 1]).unwrap();
+        assert!(soonest > Duration::from_secs(29), "{soonest:?}");
+        let soonest = rests.soonest(&[0, 2]).unwrap();
+        assert!(soonest <= Duration::from_secs(10), "{soonest:?}");
+        assert_eq!(rests.soonest(&[1]), None);
+    }
+
+    #[test]
+    fn deferrals_wait_at_least_a_second_and_at_most_a_minute() {
+        let wait = |left| put_off(3, "x".into(), left).retry_after().unwrap();
+        assert_eq!(wait(Some(Duration::from_millis(10))), MIN_REST);
+        assert_eq!(wait(Some(Duration::from_secs(250))), MAX_DEFER);
+        assert_eq!(wait(None), DEFAULT_DEFER);
+        assert!(put_off(3, "x".into(), None).is_retryable());
     }
 }

@@ -3,13 +3,15 @@
 //!
 //! One question about one chunk goes through these steps:
 //!
-//! 1. **Cut.** ffmpeg re-encodes exactly the chunk's frames
-//!    `[start_frame, end_frame)` into an H.264 MP4 of at most 720 lines in a
-//!    private temporary folder (see [Frame exactness](#frame-exactness)).
-//! 2. **Key.** A key is taken from the [`KeyPool`]: the least-loaded one
+//! 1. **Key.** A key is taken from the [`KeyPool`]: the least-loaded one
 //!    that is not resting after a 429 and has room in its own rate limit.
 //!    When every key rests, the answer is [`AnalyzeError::Throttled`] and the
-//!    chunk goes back to the queue without using up an attempt.
+//!    chunk goes back to the queue without using up an attempt, before any
+//!    work on the clip.
+//! 2. **Cut.** ffmpeg re-encodes exactly the chunk's frames
+//!    `[start_frame, end_frame)` into an H.264 MP4 of at most 720 lines in a
+//!    private temporary folder (see [Frame exactness](#frame-exactness)),
+//!    once per question, whatever the number of keys it takes.
 //! 3. **Upload.** The clip goes to `POST /v1/files`; its `urls.get` is the
 //!    model's video input.
 //! 4. **Create.** `POST /v1/models/{owner}/{name}/predictions` with
@@ -70,7 +72,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::keys::{KeyLease, KeyPool};
-use super::provider::{provider_error, question_span, throttled, MIN_REST};
+use super::provider::{checked_root_url, provider_error, question_span, throttled, MIN_REST};
 use super::remote::{http_client, Finish, HttpTimeouts, ModelReply, Question, VideoModel};
 use super::{AnalyzeError, ChunkRequest};
 
@@ -198,9 +200,10 @@ pub struct Replicate {
 
 impl Replicate {
     /// Checks `config` and builds the HTTP client. The error says which
-    /// setting is wrong (naming the variable where one sets it).
+    /// setting is wrong (naming the variable where one sets it), and shows
+    /// no password that the base URL holds.
     pub fn new(config: ReplicateConfig) -> Result<Replicate, String> {
-        let base = check_base_url(&config.base_url)?;
+        let base = checked_root_url(BASE_URL_VARIABLE, &config.base_url)?;
         check_model(&config.model)?;
         if config.keys.is_empty() {
             return Err(format!("{KEYS_VARIABLE} holds no key"));
@@ -241,17 +244,6 @@ impl Replicate {
     pub fn config(&self) -> &ReplicateConfig {
         &self.config
     }
-}
-
-fn check_base_url(base_url: &str) -> Result<String, String> {
-    let url = reqwest::Url::parse(base_url)
-        .map_err(|e| format!("{BASE_URL_VARIABLE} {base_url:?} is not a URL: {e}"))?;
-    if !matches!(url.scheme(), "http" | "https") || url.query().is_some() {
-        return Err(format!(
-            "{BASE_URL_VARIABLE} {base_url:?} must be an http or https URL without a query"
-        ));
-    }
-    Ok(base_url.trim_end_matches('/').to_string())
 }
 
 fn check_model(model: &str) -> Result<(), String> {
@@ -357,22 +349,28 @@ impl Replicate {
             context: "creating a temporary folder for the clip".into(),
             source,
         })?;
-        let clip = self.cut(request, dir.path(), budget.work_end).await?;
+        let mut clip = None;
         let pool = &self.config.keys;
         // Each turn rests a key for at least MIN_REST, so the pool runs out
         // of keys long before this bound; it only guards against a loop.
         for _ in 0..pool.len() * 2 {
+            // The key first: with every key resting, the chunk goes back to
+            // the queue without re-encoding its clip for nothing.
             let lease = pool
                 .acquire(&[], budget.work_end)
                 .await
                 .map_err(|resting| throttled(NAME, chunk_index, resting.wait))?;
+            let clip = match &clip {
+                Some(clip) => clip,
+                None => clip.insert(self.cut(request, dir.path(), budget.work_end).await?),
+            };
             let call = Call {
                 request,
                 question,
                 lease: &lease,
                 budget,
             };
-            match self.ask_with_key(&call, &clip).await {
+            match self.ask_with_key(&call, clip).await {
                 Ok(text) => {
                     return Ok(ModelReply {
                         text,
@@ -420,11 +418,15 @@ mod tests {
                 "{bad}"
             );
         }
+        let base_url = |url: &str| checked_root_url(BASE_URL_VARIABLE, url);
         assert_eq!(
-            check_base_url("http://127.0.0.1:8/").unwrap(),
+            base_url("http://127.0.0.1:8/").unwrap(),
             "http://127.0.0.1:8"
         );
-        assert!(check_base_url("ftp://x").is_err());
-        assert!(check_base_url("not a url").is_err());
+        assert!(base_url("ftp://x").is_err());
+        assert!(base_url("not a url").is_err());
+        let password = base_url("https://deploy:hunter2@127.0.0.1").unwrap_err();
+        assert!(password.contains(BASE_URL_VARIABLE), "{password}");
+        assert!(!password.contains("hunter2"), "{password}");
     }
 }
