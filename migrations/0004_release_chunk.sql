@@ -26,7 +26,7 @@ CREATE OR REPLACE FUNCTION public.release_chunk(
     p_chunk_index integer,
     p_lease_token uuid,
     p_reason text,
-    p_max_releases integer DEFAULT 20
+    p_max_releases integer DEFAULT 40
 ) RETURNS jsonb
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp

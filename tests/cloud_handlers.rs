@@ -327,12 +327,14 @@ async fn a_chunk_whose_keys_all_rest_goes_back_without_spending_an_attempt() {
 }
 
 #[tokio::test]
-async fn a_limit_that_never_passes_fails_the_chunk_after_twenty_waits() {
+async fn a_limit_that_never_passes_fails_the_chunk_after_forty_waits() {
     let s = setup().await;
     s.analyzer
         .script(2, Script::Throttled(Duration::from_secs(30)));
     let body = chunk_body(s.video_id, 2);
-    for _ in 0..20 {
+    let limit = WorkerConfig::default().max_releases;
+    assert_eq!(limit, 40);
+    for _ in 0..limit {
         let event = sqs_event(vec![sqs_record("m2", &body, 1)]);
         assert!(failures(&s.handler.handle(event, None).await).is_empty());
         assert_eq!(chunk(&s.db, s.video_id, 2).await["status"], "pending");
@@ -343,10 +345,10 @@ async fn a_limit_that_never_passes_fails_the_chunk_after_twenty_waits() {
     assert_eq!(failed["status"], "failed", "{failed}");
     let error = failed["error"].as_str().unwrap();
     assert!(
-        error.contains("given back 21 times") && error.contains("rate-limited"),
+        error.contains("given back 41 times") && error.contains("rate-limited"),
         "{error}"
     );
-    assert_eq!(seconds(s.redelivery.take_sent_again()).len(), 20);
+    assert_eq!(seconds(s.redelivery.take_sent_again()).len(), 40);
 }
 
 #[tokio::test]

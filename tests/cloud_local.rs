@@ -6,12 +6,14 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use shotlist_shared::analyzer::local::LocalAnalyzer;
 use shotlist_shared::analyzer::{AnalyzeError, Analyzer, ChunkRequest};
-use shotlist_shared::cloud::local::{LocalCloud, LocalCloudOptions};
+use shotlist_shared::cloud::local::{LocalCloud, LocalCloudOptions, LocalCloudReport};
 use shotlist_shared::cloud::queue::{MessageQueue, QueueError};
+use shotlist_shared::db::Db;
 use shotlist_shared::model::ChunkAnalysis;
 use shotlist_shared::runner::{run_local, RunOptions};
 use shotlist_shared::sheet::{Sheet, SheetStatus};
@@ -49,7 +51,7 @@ fn options(endpoint: String) -> LocalCloudOptions {
     LocalCloudOptions {
         sqs_endpoint: endpoint,
         queue_prefix: format!("test-{}", Uuid::new_v4().simple()),
-        retry_delay: std::time::Duration::from_secs(1),
+        retry_delay: Duration::from_secs(1),
         ..LocalCloudOptions::default()
     }
 }
@@ -217,11 +219,14 @@ async fn every_chunk_message_delivered_twice_gives_the_same_sheet_and_one_analys
     assert_eq!(essence(&report.sheet), essence(&reference));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_message_that_keeps_failing_ends_in_the_dlq_and_its_chunk_fails_with_the_last_error() {
-    let Some(endpoint) = sqs_endpoint() else {
-        return;
-    };
+/// A 5000-frame film with two cuts, run through the local cloud with
+/// `analyzer`, `max_receives` deliveries per message and `worker`.
+async fn small_film_run(
+    endpoint: String,
+    analyzer: Arc<ScriptedAnalyzer>,
+    max_receives: u32,
+    worker: WorkerConfig,
+) -> (Db, LocalCloud, LocalCloudReport, String) {
     let fps = Fps::new(25, 1).unwrap();
     let film = tokio::task::spawn_blocking(move || {
         make_film(&film_dir(), fps, &[1_000, 3_000], 5_000, false)
@@ -229,18 +234,12 @@ async fn a_message_that_keeps_failing_ends_in_the_dlq_and_its_chunk_fails_with_t
     .await
     .unwrap();
     let (db, _url) = fresh_db().await;
-    let analyzer = ScriptedAnalyzer::new();
-    analyzer.script(1, Script::Transient("503 UNAVAILABLE: overloaded".into()));
     let mut opts = options(endpoint);
-    opts.max_receives = 3;
-    // The queue, not the attempt counter, decides here.
-    opts.worker = WorkerConfig {
-        max_attempts: 10,
-        ..WorkerConfig::default()
-    };
+    opts.max_receives = max_receives;
+    opts.worker = worker;
     let prefix = opts.queue_prefix.clone();
     let root = film.path.parent().unwrap();
-    let cloud = LocalCloud::new(db.clone(), analyzer.clone(), root, opts)
+    let cloud = LocalCloud::new(db.clone(), analyzer, root, opts)
         .await
         .unwrap();
     let key = film
@@ -250,6 +249,46 @@ async fn a_message_that_keeps_failing_ends_in_the_dlq_and_its_chunk_fails_with_t
         .to_string_lossy()
         .into_owned();
     let report = cloud.run(&key, None, &|_| {}).await.expect("a sheet");
+    (db, cloud, report, prefix)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_chunk_waiting_on_rate_limits_comes_back_as_new_messages_and_completes() {
+    let Some(endpoint) = sqs_endpoint() else {
+        return;
+    };
+    let analyzer = ScriptedAnalyzer::new();
+    // More waits than the queue's receives: only new messages get past it.
+    analyzer.script(
+        1,
+        Script::ThrottledFor {
+            runs: 4,
+            wait: Duration::from_secs(1),
+        },
+    );
+    let (db, _, report, _) =
+        small_film_run(endpoint, analyzer.clone(), 3, WorkerConfig::default()).await;
+
+    assert_eq!(report.sheet.status, SheetStatus::Complete);
+    assert_eq!(analyzer.runs(1), 5, "four waits, then the analysis");
+    let chunk = &db.chunk_progress(report.video_id).await.unwrap()["chunks"][1];
+    assert_eq!(chunk["status"], "completed", "{chunk}");
+    assert_eq!(chunk["attempts"], 1, "waiting spent no attempt: {chunk}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_that_keeps_failing_ends_in_the_dlq_and_its_chunk_fails_with_the_last_error() {
+    let Some(endpoint) = sqs_endpoint() else {
+        return;
+    };
+    let analyzer = ScriptedAnalyzer::new();
+    analyzer.script(1, Script::Transient("503 UNAVAILABLE: overloaded".into()));
+    // The queue, not the attempt counter, decides here.
+    let worker = WorkerConfig {
+        max_attempts: 10,
+        ..WorkerConfig::default()
+    };
+    let (db, cloud, report, prefix) = small_film_run(endpoint, analyzer.clone(), 3, worker).await;
 
     assert_eq!(
         analyzer.runs(1),

@@ -43,7 +43,7 @@ impl Default for WorkerConfig {
             chunk_timeout: Duration::from_secs(300),
             max_attempts: 3,
             final_attempt: false,
-            max_releases: 20,
+            max_releases: 40,
         }
     }
 }

@@ -34,6 +34,9 @@ pub enum Script {
     Slow(Duration),
     /// Every API key rests for this long.
     Throttled(Duration),
+    /// Every API key rests for `wait` on the first `runs` runs of the
+    /// chunk; then answers like `Whole`.
+    ThrottledFor { runs: u32, wait: Duration },
     /// One shot covering the whole chunk, described with this text as the
     /// analyzer got it (a model's words, unchecked).
     Described(String),
@@ -76,7 +79,12 @@ impl Analyzer for ScriptedAnalyzer {
 
     async fn analyze(&self, request: &ChunkRequest) -> Result<ChunkAnalysis, AnalyzeError> {
         let index = request.chunk_index;
-        *self.runs.lock().unwrap().entry(index).or_default() += 1;
+        let run = {
+            let mut runs = self.runs.lock().unwrap();
+            let run = runs.entry(index).or_default();
+            *run += 1;
+            *run
+        };
         let script = self
             .scripts
             .lock()
@@ -94,6 +102,14 @@ impl Analyzer for ScriptedAnalyzer {
                     retryable: true,
                 })
             }
+            Script::ThrottledFor { runs, wait } if run <= runs => {
+                return Err(AnalyzeError::Throttled {
+                    chunk_index: index,
+                    analyzer: "scripted",
+                    wait,
+                })
+            }
+            Script::ThrottledFor { .. } => {}
             Script::Throttled(wait) => {
                 return Err(AnalyzeError::Throttled {
                     chunk_index: index,

@@ -102,8 +102,9 @@ pub(super) fn shown_url(text: &str) -> String {
         Some((scheme, rest)) => (Some(scheme), rest),
         None => (None, text),
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let rest = match rest[..authority_end].rfind('@') {
+    // The last '@' anywhere, not only before the first '/': a password may
+    // hold an unencoded '/', and hiding a path after it costs nothing.
+    let rest = match rest.rfind('@') {
         Some(at) => format!("***@{}", &rest[at + 1..]),
         None => rest.to_string(),
     };
@@ -152,6 +153,10 @@ mod tests {
             assert!(!error.contains("hunter2"), "{error}");
         }
         assert_eq!(shown_url("https://u:p@h:1/a/b?x=1"), "https://***@h:1/a/b");
-        assert_eq!(shown_url("h/x@y"), "h/x@y");
+        assert_eq!(shown_url("h/x@y"), "***@y");
+        assert_eq!(
+            shown_url("https://u:hun/ter2@127.0.0.1/v1"),
+            "https://***@127.0.0.1/v1"
+        );
     }
 }

@@ -208,11 +208,15 @@ impl ModelAnalyzer {
         if let Some(e) = then {
             said.push(format!("asking again failed: {e}"));
         }
+        // A second ask refused for good (a 400, a file the provider failed)
+        // would be refused again: only then is the attempt not worth
+        // repeating.
+        let retryable = then.is_none_or(|e| e.is_retryable());
         AnalyzeError::Provider {
             chunk_index: request.chunk_index,
             analyzer: self.name(),
             message: format!("no usable answer: {}", said.join("; then ")),
-            retryable: true,
+            retryable,
         }
     }
 }

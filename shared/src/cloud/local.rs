@@ -22,7 +22,7 @@ use uuid::Uuid;
 use crate::analyzer::Analyzer;
 use crate::cloud::api::{Api, Endpoint, SourceRoot};
 use crate::cloud::auth::{self, Claims, Verifier};
-use crate::cloud::chunk::ChunkHandler;
+use crate::cloud::chunk::{ChunkHandler, Redelivery, SqsRedelivery};
 use crate::cloud::finalize::FinalizeHandler;
 use crate::cloud::poller::{batch_handler, EventSourceMapping, MappingConfig, MappingStats};
 use crate::cloud::queue::{ensure_queue_pair, queue_arn, sqs_client, QueueError, SqsQueue};
@@ -171,8 +171,12 @@ impl LocalCloud {
             worker: options.worker,
             max_receives: options.max_receives,
             queue_name: format!("{}-chunks", options.queue_prefix),
-            // The mapping brings failed messages back after `retry_delay`.
-            redelivery: None,
+            // The mapping brings failed messages back after `retry_delay`;
+            // a chunk waiting on rate limits is sent again, as in AWS.
+            redelivery: Some(Arc::new(SendAgainOnly(SqsRedelivery {
+                client: client.clone(),
+                queue_url: chunk_pair.url.clone(),
+            }))),
         };
         let finalize = FinalizeHandler {
             db: db.clone(),
@@ -437,6 +441,19 @@ impl Mappings {
         let chunks = self.chunks.stop().await;
         let finalize = self.finalize.stop().await;
         (chunks, finalize)
+    }
+}
+
+/// [`SqsRedelivery`]'s `send_again` without its visibility changes: here the
+/// local event source mapping decides when a failed message comes back.
+struct SendAgainOnly(SqsRedelivery);
+
+#[async_trait::async_trait]
+impl Redelivery for SendAgainOnly {
+    async fn redeliver_after(&self, _receipt_handle: &str, _delay: Duration) {}
+
+    async fn send_again(&self, body: &str, delay: Duration) -> Result<(), String> {
+        self.0.send_again(body, delay).await
     }
 }
 
