@@ -518,3 +518,44 @@ fn a_bad_shotlist_analyzer_variable_is_refused_naming_the_variable() {
     let mut command = process_with(None, &[("SHOTLIST_ANALYZER", "gemnii")], &out);
     assert_refused_before_work(&mut command, &out, "SHOTLIST_ANALYZER");
 }
+
+#[test]
+fn a_run_whose_every_chunk_failed_writes_the_gaps_and_exits_non_zero() {
+    // Nothing listens on a port we bound and closed: every call is refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let out = tempfile::tempdir().expect("tempdir");
+    let mut command = shotlist();
+    command
+        .args(["process", "--analyzer", "gemini", "--chunk-timeout", "10"])
+        .arg(city_film())
+        .arg("--out")
+        .arg(out.path())
+        .env("GEMINI_API_KEYS", "k-never-shown-0123")
+        .env("GEMINI_BASE_URL", format!("http://127.0.0.1:{port}"));
+    let (output, stdout, stderr) = run(&mut command);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stdout.contains("0/1 chunks completed, 1 failed"),
+        "{stdout}"
+    );
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("shotlist: error: no chunk could be analyzed: chunk 0: gemini:"),
+        "{stderr}"
+    );
+    assert!(last.contains("connect"), "{last}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        !stderr.contains("k-never-shown-0123"),
+        "the key leaked: {stderr}"
+    );
+    let sheet: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("sheet.json")).expect("sheet.json"))
+            .expect("JSON");
+    assert_eq!(sheet["status"], "partial");
+    assert_eq!(sheet["failedChunks"], 1);
+    assert_eq!(sheet["gaps"][0]["endFrame"], 190);
+}

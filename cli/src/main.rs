@@ -74,6 +74,8 @@ enum CliError {
     Interrupted,
     #[error("could not set up the analyzer: {0}")]
     Analyzer(String),
+    #[error("no chunk could be analyzed: {0}")]
+    NothingAnalyzed(String),
     #[error("the embedded PostgreSQL start-up task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
     #[error("could not {what}: {source}")]
@@ -271,6 +273,17 @@ async fn process(
     };
     let files = export::write_sheet(&out, &sheet)?;
     report(&sheet, &files);
+    if sheet.completed_chunks == 0 && sheet.total_chunks > 0 {
+        // A sheet of gaps only is written (it says why each chunk failed),
+        // but the run did not do its job.
+        let reason = sheet
+            .gaps
+            .first()
+            .and_then(|gap| gap.reasons.first())
+            .cloned()
+            .unwrap_or_default();
+        return Err(CliError::NothingAnalyzed(reason));
+    }
     Ok(())
 }
 

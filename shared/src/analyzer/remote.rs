@@ -261,8 +261,8 @@ impl Budget {
 pub fn check_budget(chunk_seconds: f64, max_output_tokens: u32) -> Result<Budget, String> {
     if chunk_seconds.is_nan() || chunk_seconds <= 0.0 || chunk_seconds > MAX_VIDEO_SECONDS {
         return Err(format!(
-            "a chunk of {chunk_seconds} s is more video than one request may carry \
-             ({MAX_VIDEO_SECONDS} s with audio)"
+            "a chunk length (--chunk-seconds) of {chunk_seconds} s is more video than one \
+             request to the model may carry (at most {MAX_VIDEO_SECONDS} s)"
         ));
     }
     let video = (chunk_seconds.ceil() as u64) * TOKENS_PER_VIDEO_SECOND;
