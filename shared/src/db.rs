@@ -114,16 +114,6 @@ impl DbError {
     }
 }
 
-/// `text` without NUL characters, which PostgreSQL cannot store; error
-/// messages may quote a provider's or a file's bytes.
-fn storable(text: &str) -> std::borrow::Cow<'_, str> {
-    if text.contains('\0') {
-        text.replace('\0', "").into()
-    } else {
-        text.into()
-    }
-}
-
 /// Whether a query error came from the connection rather than the query.
 fn is_connection_lost(error: &tokio_postgres::Error) -> bool {
     if error.is_closed() {
@@ -736,7 +726,7 @@ impl Db {
         max_attempts: u32,
     ) -> Result<Report, DbError> {
         let (index, attempts) = (chunk_index as i32, max_attempts as i32);
-        let error = storable(error);
+        let error = crate::model::storable_text(error);
         self.call(
             "fail_chunk",
             "SELECT public.fail_chunk($1, $2, $3, $4, $5, $6)",
@@ -764,7 +754,7 @@ impl Db {
         max_releases: u32,
     ) -> Result<Report, DbError> {
         let index = chunk_index as i32;
-        let reason = storable(reason);
+        let reason = crate::model::storable_text(reason);
         let max_releases = max_releases.min(i32::MAX as u32) as i32;
         self.call(
             "release_chunk",

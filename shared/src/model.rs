@@ -3,6 +3,26 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Whether `c` may stand in stored text: anything but control characters,
+/// save line breaks and tabs. PostgreSQL cannot store NUL at all, and the
+/// others have no place in a sheet; text may come from a model, and from
+/// whatever a film shows.
+pub fn is_text_char(c: char) -> bool {
+    !c.is_control() || matches!(c, '\n' | '\t')
+}
+
+/// `text` without the characters [`is_text_char`] refuses.
+pub fn storable_text(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.chars().all(is_text_char) {
+        text.into()
+    } else {
+        text.chars()
+            .filter(|&c| is_text_char(c))
+            .collect::<String>()
+            .into()
+    }
+}
+
 /// How a shot is framed. Serialized in kebab case (`close-up`, `medium`, ...).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]

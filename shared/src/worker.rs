@@ -14,8 +14,8 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::analyzer::{AnalyzeError, Analyzer, ChunkRequest};
-use crate::db::{Claim, ClaimedChunk, Db, DbError, Outcome, Progress};
-use crate::model::{ChunkAnalysis, Shot};
+use crate::db::{Claim, ClaimedChunk, Db, DbError, Outcome, Progress, Report};
+use crate::model::{storable_text, ChunkAnalysis, Shot};
 use crate::probe::MediaInfo;
 
 /// How a worker treats one chunk.
@@ -205,23 +205,7 @@ impl Job<'_> {
                 attempts,
             )
             .await?;
-        Ok(match report.outcome {
-            Outcome::Retry => Done::Retry {
-                error,
-                retry_after: None,
-            },
-            Outcome::Failed => Done::Failed {
-                error,
-                progress: report.progress,
-            },
-            Outcome::AlreadyCompleted => Done::AlreadyTerminal {
-                status: "completed".into(),
-            },
-            Outcome::AlreadyFailed => Done::AlreadyTerminal {
-                status: "failed".into(),
-            },
-            Outcome::LeaseLost | Outcome::Completed | Outcome::Released => Done::LeaseLost,
-        })
+        Ok(settled(report, error, None))
     }
 
     /// Gives the chunk back without counting the attempt: the analyzer could
@@ -244,26 +228,29 @@ impl Job<'_> {
                 self.config.max_releases,
             )
             .await?;
-        Ok(match report.outcome {
-            Outcome::Released => Done::Retry {
-                error,
-                retry_after: Some(wait),
-            },
-            Outcome::Failed => {
-                tracing::warn!(error = %e, "chunk failed: given back too often");
-                Done::Failed {
-                    error,
-                    progress: report.progress,
-                }
-            }
-            Outcome::AlreadyCompleted => Done::AlreadyTerminal {
-                status: "completed".into(),
-            },
-            Outcome::AlreadyFailed => Done::AlreadyTerminal {
-                status: "failed".into(),
-            },
-            _ => Done::LeaseLost,
-        })
+        if report.outcome == Outcome::Failed {
+            tracing::warn!(error = %e, "chunk failed: given back too often");
+        }
+        Ok(settled(report, error, Some(wait)))
+    }
+}
+
+/// What a `fail_chunk` or `release_chunk` report means for this call;
+/// `retry_after` goes with a chunk that is pending again.
+fn settled(report: Report, error: String, retry_after: Option<Duration>) -> Done {
+    match report.outcome {
+        Outcome::Retry | Outcome::Released => Done::Retry { error, retry_after },
+        Outcome::Failed => Done::Failed {
+            error,
+            progress: report.progress,
+        },
+        Outcome::AlreadyCompleted => Done::AlreadyTerminal {
+            status: "completed".into(),
+        },
+        Outcome::AlreadyFailed => Done::AlreadyTerminal {
+            status: "failed".into(),
+        },
+        Outcome::LeaseLost | Outcome::Completed => Done::LeaseLost,
     }
 }
 
@@ -309,9 +296,8 @@ fn request_for(video_id: Uuid, claimed: &ClaimedChunk) -> Result<ChunkRequest, A
     })
 }
 
-/// Removes from a shot's text what PostgreSQL cannot store (NUL) and the
-/// other control characters but line breaks and tabs: an analyzer's text may
-/// come from a model, and from whatever a film shows.
+/// Removes from a shot's text what cannot be stored ([`is_text_char`]), for
+/// every analyzer alike.
 fn scrub_shot(shot: &mut Shot) {
     scrub(&mut shot.description);
     for line in &mut shot.dialogue {
@@ -321,13 +307,9 @@ fn scrub_shot(shot: &mut Shot) {
 }
 
 fn scrub(text: &mut String) {
-    if text.chars().any(is_unwanted) {
-        text.retain(|c| !is_unwanted(c));
+    if let std::borrow::Cow::Owned(clean) = storable_text(text) {
+        *text = clean;
     }
-}
-
-fn is_unwanted(c: char) -> bool {
-    c.is_control() && !matches!(c, '\n' | '\t')
 }
 
 /// Turns an analysis in chunk-local frames into shots in absolute frames,
