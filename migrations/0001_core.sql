@@ -460,8 +460,11 @@ DECLARE
     v_video shotlist.videos;
     v_progress jsonb;
 BEGIN
-    IF p_lease_seconds IS NULL OR NOT p_lease_seconds > 0 OR p_lease_seconds = 'Infinity' THEN
-        RAISE EXCEPTION 'p_lease_seconds must be a positive finite number, got %', p_lease_seconds
+    -- NaN compares greater than every number in PostgreSQL, hence its own
+    -- test; a day bounds the interval arithmetic below (as in renew_lease).
+    IF p_lease_seconds IS NULL OR p_lease_seconds = 'NaN' OR NOT p_lease_seconds > 0
+       OR p_lease_seconds > 86400 THEN
+        RAISE EXCEPTION 'p_lease_seconds must be more than 0 and at most 86400, got %', p_lease_seconds
             USING ERRCODE = '22023';
     END IF;
     IF p_max_attempts IS NULL OR p_max_attempts < 1 THEN
@@ -551,6 +554,29 @@ BEGIN
     END IF;
     IF p_shot ? 'dialogue' AND jsonb_typeof(p_shot -> 'dialogue') IS DISTINCT FROM 'array' THEN
         RETURN 'has a dialogue that is not an array';
+    END IF;
+    -- Each line must read back as a DialogueLine (model.rs), or the film's
+    -- results could not be merged into its sheet at all.
+    IF p_shot ? 'dialogue' AND EXISTS (
+        SELECT
+        FROM jsonb_array_elements(p_shot -> 'dialogue') AS d(line)
+        WHERE jsonb_typeof(d.line) IS DISTINCT FROM 'object'
+           OR jsonb_typeof(d.line -> 'line') IS DISTINCT FROM 'string'
+           OR coalesce(jsonb_typeof(d.line -> 'speaker'), 'string') <> 'string'
+           OR coalesce(jsonb_typeof(d.line -> 'offscreen'), 'boolean') <> 'boolean'
+           OR coalesce(jsonb_typeof(d.line -> 'startFrame'), 'null') NOT IN ('null', 'number')
+    ) THEN
+        RETURN 'has a dialogue line that is not {"line": text, "speaker": text, "offscreen": true or false, '
+            || '"startFrame": a frame}';
+    END IF;
+    IF p_shot ? 'dialogue' AND EXISTS (
+        SELECT
+        FROM jsonb_array_elements(p_shot -> 'dialogue') AS d(line)
+        WHERE jsonb_typeof(d.line -> 'startFrame') = 'number'
+          AND ((d.line ->> 'startFrame')::numeric <> trunc((d.line ->> 'startFrame')::numeric)
+               OR abs((d.line ->> 'startFrame')::numeric) > 9223372036854775807)
+    ) THEN
+        RETURN 'has a dialogue line whose startFrame is not a whole frame';
     END IF;
     IF p_shot ? 'description' AND jsonb_typeof(p_shot -> 'description') IS DISTINCT FROM 'string' THEN
         RETURN 'has a description that is not a string';

@@ -1,50 +1,18 @@
 //! The `shotlist` binary as a user runs it: a real film through the embedded
 //! default database, and one-line errors with a non-zero exit for bad input.
 //!
-//! The binary belongs to another package of the workspace, so Cargo does not
-//! hand its path to these tests: the first test to need it builds it with
-//! `cargo build -p shotlist-cli` and takes the path from Cargo's JSON
-//! messages, which is right for any target folder.
+//! The first test to need the binary builds it ([`shotlist_bin`]).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
-use std::sync::OnceLock;
 use std::time::Duration;
+
+use shotlist_tests::cli_bin::shotlist_bin;
 
 /// How long the interrupt test waits for a line before it gives up.
 const LINE_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn workspace() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The path of a freshly built `shotlist`.
-fn shotlist_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let output = Command::new(cargo)
-            .current_dir(workspace())
-            .args(["build", "-p", "shotlist-cli", "--bin", "shotlist"])
-            .arg("--message-format=json-render-diagnostics")
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run cargo build");
-        assert!(
-            output.status.success(),
-            "cargo build -p shotlist-cli failed"
-        );
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-            .filter(|message| message["reason"] == "compiler-artifact")
-            .filter(|message| message["target"]["name"] == "shotlist")
-            .find_map(|message| message["executable"].as_str().map(PathBuf::from))
-            .expect("cargo reported the shotlist executable")
-    })
-}
 
 /// A `shotlist` command with the embedded default database (no
 /// `DATABASE_URL` from the environment) and quiet logs.

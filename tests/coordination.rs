@@ -1353,7 +1353,8 @@ async fn anon_and_authenticated_may_not_call_the_functions_but_service_role_may(
     let register = "SELECT public.register_video($1, 2940)";
     let update = "SELECT public.update_chunk_status($1, 0, 'completed')";
     let view = "SELECT public.chunk_progress($1)";
-    let table = "SELECT count(*) FROM shotlist.videos WHERE video_id = $1";
+    // Reading their own films' rows is allowed since 0007 (tests/security.rs).
+    let table = "DELETE FROM shotlist.videos WHERE video_id = $1";
     for role in ["anon", "authenticated"] {
         client
             .batch_execute(&format!("SET ROLE {role}"))

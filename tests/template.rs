@@ -17,12 +17,13 @@ use shotlist_shared::cloud::messages::{ChunkMessage, FinalizeMessage};
 use uuid::Uuid;
 
 /// The function binaries and the routes each one serves.
-const FUNCTIONS: [&str; 5] = [
+const FUNCTIONS: [&str; 6] = [
     "process-chunk",
     "finalize",
     "force-finalize",
     "submit",
     "status",
+    "sweeper",
 ];
 const ROUTES: [(&str, &str, &str); 4] = [
     ("POST", "/videos", "submit"),
@@ -420,6 +421,52 @@ fn functions_may_send_to_the_queues_they_feed() {
 }
 
 #[test]
+fn the_sweeper_runs_every_five_minutes_and_may_send_to_both_queues() {
+    let t = Template::load();
+    let (id, sweeper) = t.function_named("sweeper");
+    let schedules = t.events(sweeper, "Schedule");
+    assert_eq!(schedules.len(), 1, "{id} has one Schedule event");
+    assert_eq!(
+        schedules[0]["Properties"]["Schedule"], "rate(5 minutes)",
+        "{id} Schedule"
+    );
+    assert!(
+        schedules[0]["Properties"]["Enabled"] != false,
+        "{id} schedule is enabled"
+    );
+    assert!(
+        t.events(sweeper, "SQS").is_empty() && t.events(sweeper, "HttpApi").is_empty(),
+        "{id} is started by its schedule only"
+    );
+    let chunk_queue = queue_in_env(&t, "sweeper", "CHUNK_QUEUE_URL");
+    let finalize_queue = queue_in_env(&t, "sweeper", "FINALIZE_QUEUE_URL");
+    assert_eq!(
+        chunk_queue,
+        queue_in_env(&t, "submit", "CHUNK_QUEUE_URL"),
+        "{id} sends chunk messages where submit does"
+    );
+    assert_eq!(
+        finalize_queue,
+        queue_in_env(&t, "process-chunk", "FINALIZE_QUEUE_URL"),
+        "{id} sends finalize messages where process-chunk does"
+    );
+    let targets = send_targets(sweeper);
+    for queue in [&chunk_queue, &finalize_queue] {
+        assert!(
+            targets.contains(queue),
+            "{id} has SQSSendMessagePolicy on {queue}"
+        );
+    }
+    // A sweep that runs past the next one is harmless, but one that cannot
+    // finish its sends in time leaves them to the sweep after.
+    let timeout = number(t.function_property(sweeper, "Timeout"), "Timeout");
+    assert!(
+        (30..=300).contains(&timeout),
+        "{id} Timeout {timeout} is between 30 s and the 5-minute period"
+    );
+}
+
+#[test]
 fn process_chunk_may_set_the_retry_delay_on_its_queue() {
     // ChangeMessageVisibility comes with SQSPollerPolicy, not with the
     // permissions SAM gives an SQS event source.
@@ -788,6 +835,7 @@ fn sample_events_are_valid_lambda_events() {
         "http-force-finalize.json",
         "http-status.json",
         "http-submit.json",
+        "schedule-sweep.json",
         "sqs-chunk-batch.json",
         "sqs-finalize.json",
     ];
@@ -845,4 +893,17 @@ fn sample_events_are_valid_lambda_events() {
         json_body("http-force-finalize.json", &force),
         json!({"retry": false})
     );
+
+    // EventBridge's scheduled event, as the sweeper's schedule sends it.
+    let schedule: Value = serde_json::from_str(&read_event("schedule-sweep.json"))
+        .unwrap_or_else(|e| panic!("schedule-sweep.json is not JSON: {e}"));
+    assert_eq!(schedule["detail-type"], "Scheduled Event", "detail-type");
+    assert_eq!(schedule["source"], "aws.events", "source");
+    let region = schedule["region"].as_str().unwrap_or_default();
+    let rule = schedule["resources"][0].as_str().unwrap_or_default();
+    assert!(
+        !region.is_empty() && rule.starts_with(&format!("arn:aws:events:{region}:")),
+        "schedule-sweep.json resources[0] is an EventBridge rule of its region: {rule}"
+    );
+    assert!(schedule["detail"].is_object(), "detail is an object");
 }

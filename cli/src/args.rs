@@ -7,11 +7,9 @@ use clap::{Args, Parser, Subcommand};
 use shotlist_shared::analyzer::setup::{self, AnalyzerKind, AnalyzerSetup};
 use shotlist_shared::plan::PlanParams;
 use shotlist_shared::runner::RunOptions;
-use shotlist_shared::worker::WorkerConfig;
+use shotlist_shared::sweep::SweepOptions;
+use shotlist_shared::worker::{self, WorkerConfig};
 use uuid::Uuid;
-
-/// How much longer than `--chunk-timeout` a claim holds its chunk.
-const LEASE_MARGIN: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The most chunks `--concurrency` may put in flight.
 pub const MAX_CONCURRENCY: usize = 64;
@@ -36,6 +34,11 @@ pub enum Command {
     Cloud(CloudArgs),
     /// Apply the database migrations that are missing, then exit.
     Migrate(MigrateArgs),
+    /// Rescue stuck chunks once: a chunk whose worker was lost goes back to
+    /// pending (or fails after --max-attempts), and finished films without a
+    /// sheet are finalized; with --sqs-endpoint the chunk and finalize
+    /// messages are sent as the sweeper function does.
+    Sweep(SweepArgs),
 }
 
 /// `shotlist cloud`.
@@ -67,13 +70,21 @@ pub struct CloudSettings {
 impl CloudArgs {
     /// Checks the process arguments and the cloud ones.
     pub fn validate(self) -> Result<(ProcessSettings, CloudSettings), ArgError> {
-        let endpoint = self.sqs_endpoint.trim().to_string();
+        let cloud = CloudSettings::check(&self.sqs_endpoint, &self.queue_prefix)?;
+        Ok((self.process.validate()?, cloud))
+    }
+}
+
+impl CloudSettings {
+    /// Checks `--sqs-endpoint` and `--queue-prefix`.
+    fn check(sqs_endpoint: &str, queue_prefix: &str) -> Result<CloudSettings, ArgError> {
+        let endpoint = sqs_endpoint.trim().to_string();
         if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
             return Err(ArgError(format!(
                 "--sqs-endpoint must be an http(s) URL, got {endpoint:?}"
             )));
         }
-        let prefix = self.queue_prefix.trim().to_string();
+        let prefix = queue_prefix.trim().to_string();
         let valid = !prefix.is_empty()
             && prefix.len() <= 60
             && prefix
@@ -84,13 +95,10 @@ impl CloudArgs {
                 "--queue-prefix must be 1 to 60 letters, digits, '-' or '_', got {prefix:?}"
             )));
         }
-        Ok((
-            self.process.validate()?,
-            CloudSettings {
-                sqs_endpoint: endpoint,
-                queue_prefix: prefix,
-            },
-        ))
+        Ok(CloudSettings {
+            sqs_endpoint: endpoint,
+            queue_prefix: prefix,
+        })
     }
 }
 
@@ -108,20 +116,40 @@ pub struct ProcessArgs {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
     pub database_url: Option<String>,
     /// Chunks analyzed at once (1 to 64).
-    #[arg(long, value_name = "N", default_value_t = RunOptions::default().concurrency)]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = RunOptions::default().concurrency,
+        allow_negative_numbers = true
+    )]
     pub concurrency: usize,
     /// Length of one chunk in seconds.
-    #[arg(long, value_name = "SECONDS", default_value_t = PlanParams::default().chunk_seconds)]
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = PlanParams::default().chunk_seconds,
+        allow_negative_numbers = true
+    )]
     pub chunk_seconds: f64,
     /// Seconds each chunk shares with the next; smaller than --chunk-seconds.
-    #[arg(long, value_name = "SECONDS", default_value_t = PlanParams::default().overlap_seconds)]
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = PlanParams::default().overlap_seconds,
+        allow_negative_numbers = true
+    )]
     pub overlap_seconds: f64,
     /// The film's id; an id of an earlier run resumes it [default: a new one].
     #[arg(long, value_name = "UUID")]
     pub video_id: Option<Uuid>,
     /// ffmpeg's scene-change score above which a frame starts a new shot
     /// (more than 0, at most 1).
-    #[arg(long, value_name = "SCORE", default_value_t = RunOptions::default().scene_threshold)]
+    #[arg(
+        long,
+        value_name = "SCORE",
+        default_value_t = RunOptions::default().scene_threshold,
+        allow_negative_numbers = true
+    )]
     pub scene_threshold: f64,
     /// Who describes the shots: local (ffmpeg only, no network), gemini
     /// (Google's Gemini API, keys in GEMINI_API_KEYS) or replicate
@@ -135,8 +163,23 @@ pub struct ProcessArgs {
     )]
     pub analyzer: AnalyzerKind,
     /// The most one chunk's analysis may take, retries included (10 to 900).
-    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 300,
+        allow_negative_numbers = true
+    )]
     pub chunk_timeout: u64,
+    /// How long the chunk of a worker that died waits before another worker
+    /// may take it (3 to 3600); a live worker renews its lease every third
+    /// of this, however long its analysis takes.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = WorkerConfig::default().lease.as_secs(),
+        allow_negative_numbers = true
+    )]
+    pub lease_seconds: u64,
 }
 
 /// Reads `--analyzer`, whose value may come from `SHOTLIST_ANALYZER`: the
@@ -152,6 +195,86 @@ pub struct MigrateArgs {
     /// The PostgreSQL to migrate.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
     pub database_url: String,
+}
+
+/// `shotlist sweep`.
+#[derive(Debug, Args)]
+pub struct SweepArgs {
+    /// The PostgreSQL to sweep.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
+    pub database_url: String,
+    /// An SQS-compatible endpoint whose queues <PREFIX>-chunks and
+    /// <PREFIX>-finalize get the messages; without it only the database is
+    /// fixed, and finished films are finalized here.
+    #[arg(long, value_name = "URL")]
+    pub sqs_endpoint: Option<String>,
+    /// The queues' names start with this (with --sqs-endpoint).
+    #[arg(
+        long,
+        default_value = "shotlist",
+        value_name = "PREFIX",
+        requires = "sqs_endpoint"
+    )]
+    pub queue_prefix: String,
+    /// Attempts after which a chunk whose worker was lost fails for good
+    /// (1 to 100); the workers' own limit.
+    #[arg(long, value_name = "N", default_value_t = SweepOptions::default().max_attempts)]
+    pub max_attempts: u32,
+    /// Seconds a pending chunk, or a finished film without a sheet, waits
+    /// before its message is sent again (0 to 31536000).
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = SweepOptions::default().stale.as_secs_f64(),
+        allow_negative_numbers = true
+    )]
+    pub stale_seconds: f64,
+}
+
+/// A `sweep` request whose arguments passed every check.
+#[derive(Debug, Clone)]
+pub struct SweepSettings {
+    pub database_url: String,
+    /// Where to send the messages; `None`: the database only.
+    pub queues: Option<CloudSettings>,
+    pub options: SweepOptions,
+}
+
+impl SweepArgs {
+    /// Checks every argument; the first one that is wrong is named.
+    pub fn validate(self) -> Result<SweepSettings, ArgError> {
+        if self.database_url.trim().is_empty() {
+            return Err(ArgError(
+                "--database-url (or DATABASE_URL) must name the PostgreSQL to sweep".into(),
+            ));
+        }
+        if !(1..=100).contains(&self.max_attempts) {
+            return Err(ArgError(format!(
+                "--max-attempts must be 1 to 100, got {}",
+                self.max_attempts
+            )));
+        }
+        // The database's own bound, checked here so that it is named.
+        let stale = self.stale_seconds;
+        if !(stale.is_finite() && (0.0..=31_536_000.0).contains(&stale)) {
+            return Err(ArgError(format!(
+                "--stale-seconds must be 0 to 31536000, got {stale}"
+            )));
+        }
+        let queues = match &self.sqs_endpoint {
+            Some(endpoint) => Some(CloudSettings::check(endpoint, &self.queue_prefix)?),
+            None => None,
+        };
+        Ok(SweepSettings {
+            database_url: self.database_url,
+            queues,
+            options: SweepOptions {
+                max_attempts: self.max_attempts,
+                stale: std::time::Duration::from_secs_f64(self.stale_seconds),
+                ..SweepOptions::default()
+            },
+        })
+    }
 }
 
 /// A `process` request whose arguments passed every check.
@@ -187,6 +310,8 @@ impl ProcessArgs {
         let chunk_timeout =
             setup::parse_chunk_timeout("--chunk-timeout", &self.chunk_timeout.to_string())
                 .map_err(ArgError)?;
+        let lease = worker::parse_lease("--lease-seconds", &self.lease_seconds.to_string())
+            .map_err(ArgError)?;
         let mut analyzer = AnalyzerSetup {
             kind: self.analyzer,
             scene_threshold: self.scene_threshold,
@@ -209,7 +334,7 @@ impl ProcessArgs {
             scene_threshold: self.scene_threshold,
             worker: WorkerConfig {
                 chunk_timeout,
-                lease: chunk_timeout + LEASE_MARGIN,
+                lease,
                 ..WorkerConfig::default()
             },
         };
@@ -268,6 +393,11 @@ fn check_film(film: &std::path::Path) -> Result<(), ArgError> {
             "FILM {shown} is a folder, not a video file"
         )));
     }
+    // A pipe or a device has no length to read a film from; opening a pipe
+    // would even wait for a writer.
+    if !metadata.is_file() {
+        return Err(ArgError(format!("FILM {shown} is not a regular file")));
+    }
     if metadata.len() == 0 {
         return Err(ArgError(format!("FILM {shown} is empty (0 bytes)")));
     }
@@ -305,6 +435,7 @@ mod tests {
             scene_threshold: 0.3,
             analyzer: AnalyzerKind::Local,
             chunk_timeout: 300,
+            lease_seconds: 60,
         }
     }
 
@@ -323,7 +454,7 @@ mod tests {
         assert_eq!(settings.options.concurrency, 5);
         assert_eq!(settings.options.plan.overlap_seconds, 15.0);
         assert_eq!(settings.analyzer.kind, AnalyzerKind::Local);
-        assert!(settings.options.worker.lease > settings.options.worker.chunk_timeout);
+        assert_eq!(settings.options.worker.lease.as_secs(), 60);
         assert_eq!(
             settings.database_url, None,
             "a blank url means the embedded default"
@@ -334,7 +465,7 @@ mod tests {
     fn each_bad_argument_is_named() {
         let film = film();
         let path = film.path().to_path_buf();
-        let cases: [(Change, &str); 10] = [
+        let cases: [(Change, &str); 12] = [
             (|a| a.concurrency = 0, "--concurrency"),
             (|a| a.concurrency = 65, "--concurrency"),
             (|a| a.chunk_seconds = f64::NAN, "--chunk-seconds"),
@@ -342,6 +473,8 @@ mod tests {
             (|a| a.overlap_seconds = 180.0, "--overlap-seconds (180)"),
             (|a| a.scene_threshold = 0.0, "--scene-threshold"),
             (|a| a.chunk_timeout = 5, "--chunk-timeout"),
+            (|a| a.lease_seconds = 2, "--lease-seconds"),
+            (|a| a.lease_seconds = 3601, "--lease-seconds"),
             (
                 |a| {
                     a.analyzer = AnalyzerKind::Gemini;

@@ -7,7 +7,8 @@
 //! afterwards, also on failure and on Ctrl-C. `shotlist migrate` only brings
 //! a database's schema up to date. `shotlist cloud FILM --sqs-endpoint URL`
 //! does what `process` does through the cloud shape: the Lambda functions'
-//! handlers with a real SQS-compatible server between them.
+//! handlers with a real SQS-compatible server between them. `shotlist sweep`
+//! rescues the chunks of lost workers once, as the sweeper function does.
 //!
 //! Results go to stdout; progress, logs (`RUST_LOG`, default `warn`) and
 //! errors go to stderr. A failure is one line, `shotlist: error: <reason>`,
@@ -16,6 +17,7 @@
 mod args;
 mod progress;
 mod redact;
+mod sweep;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -32,7 +34,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use uuid::Uuid;
 
 use crate::args::{
-    Cli, CloudArgs, CloudSettings, Command, MigrateArgs, ProcessArgs, ProcessSettings,
+    Cli, CloudArgs, CloudSettings, Command, MigrateArgs, ProcessArgs, ProcessSettings, SweepArgs,
 };
 use crate::progress::{one_line, Progress};
 
@@ -62,6 +64,8 @@ enum CliError {
     Run(#[from] RunError),
     #[error(transparent)]
     Cloud(#[from] shotlist_shared::cloud::local::LocalCloudError),
+    #[error(transparent)]
+    Sweep(#[from] sweep::SweepFailed),
     #[error("could not write the sheet: {0}")]
     Export(#[from] ExportError),
     #[error("could not create the output folder {}: {source}", path.display())]
@@ -115,7 +119,10 @@ fn main() -> ExitCode {
                 },
             ..
         })
-        | Command::Migrate(MigrateArgs { database_url: url }) => redact::secrets(url),
+        | Command::Migrate(MigrateArgs { database_url: url })
+        | Command::Sweep(SweepArgs {
+            database_url: url, ..
+        }) => redact::secrets(url),
         Command::Process(_) | Command::Cloud(_) => Vec::new(),
     };
     let result = tokio::runtime::Builder::new_multi_thread()
@@ -185,6 +192,7 @@ async fn run(command: Command) -> Result<(), CliError> {
             process(settings, Some(cloud)).await
         }
         Command::Migrate(args) => migrate(&args.database_url).await,
+        Command::Sweep(args) => Ok(sweep::run(args.validate()?).await?),
     }
 }
 

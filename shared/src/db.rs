@@ -5,14 +5,19 @@
 //! (`query_typed`), so it works through Supabase's transaction pooler, which
 //! does not keep named prepared statements. The connection uses TLS through
 //! postgres-native-tls when the URL asks for it (`sslmode=require`); a PEM
-//! file named by `DATABASE_CA_CERT` is trusted as an extra root. A call that
-//! finds its pooled connection dead is tried once more on a fresh one: the
-//! functions are written so that repeating a call is harmless.
+//! file named by `DATABASE_CA_CERT` is trusted as an extra root.
+//!
+//! A call rides out a database that goes away for a moment (a restart, a
+//! failover): a connection found dead is replaced at once, together with the
+//! pool's other idle ones, which died with it; a server that takes no
+//! connections yet is tried again with a growing pause for up to
+//! [`RECONNECT_WINDOW`]. The functions are written so that repeating a call
+//! is harmless.
 
 use std::str::FromStr;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod};
 use serde::Deserialize;
 use serde_json::Value;
 use tokio_postgres::types::{ToSql, Type};
@@ -41,10 +46,34 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0004_release_chunk",
         include_str!("../../migrations/0004_release_chunk.sql"),
     ),
+    (
+        "0005_renew_lease",
+        include_str!("../../migrations/0005_renew_lease.sql"),
+    ),
+    (
+        "0006_sweep",
+        include_str!("../../migrations/0006_sweep.sql"),
+    ),
+    (
+        "0007_row_security",
+        include_str!("../../migrations/0007_row_security.sql"),
+    ),
 ];
 
 /// Serializes concurrent migrators of one database.
 const MIGRATION_LOCK: i64 = 0x5307_1157;
+
+/// How long a call keeps trying to reach a database that went away (a
+/// restart, a failover) before it returns the error: shorter than the time
+/// a Lambda invocation keeps back for its commit
+/// ([`crate::cloud::chunk::DEADLINE_MARGIN`]), so that a chunk analyzed
+/// just before a restart is still saved.
+pub const RECONNECT_WINDOW: Duration = Duration::from_secs(10);
+
+/// The pause before the second try to reconnect (the first is at once);
+/// each later pause is twice as long, up to [`RECONNECT_PAUSE_MAX`].
+const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
+const RECONNECT_PAUSE_MAX: Duration = Duration::from_secs(1);
 
 /// Errors of database calls. Each knows whether trying again can help.
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +165,132 @@ fn is_connection_lost(error: &tokio_postgres::Error) -> bool {
 fn is_transient(error: &tokio_postgres::Error) -> bool {
     let code = error.code().map(|c| c.code()).unwrap_or("");
     is_connection_lost(error) || matches!(code, "40001" | "40P01" | "53300" | "57014")
+}
+
+/// Whether a failed attempt to connect says that the server is not there
+/// right now (stopped, restarting, starting up or shutting down) rather than
+/// that it refuses us: a refused or reset connection, a missing unix socket,
+/// SQLSTATE class 08 or 57P01 to 57P03. A timed-out attempt is not among
+/// them: another would wait as long again.
+fn is_server_unavailable(error: &tokio_postgres::Error) -> bool {
+    if let Some(code) = error.code() {
+        let code = code.code();
+        return code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03");
+    }
+    if error.is_closed() {
+        return true;
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind as Kind;
+            return matches!(
+                io.kind(),
+                Kind::ConnectionRefused
+                    | Kind::NotFound
+                    | Kind::ConnectionReset
+                    | Kind::ConnectionAborted
+                    | Kind::BrokenPipe
+                    | Kind::UnexpectedEof
+            );
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// Why one try of a call failed, which decides whether to try again.
+#[derive(Debug)]
+enum Failure {
+    /// The connection died under the call.
+    Lost(DbError),
+    /// No connection could be made: the server is not there right now.
+    Unavailable(DbError),
+    /// Anything else, returned as it is.
+    Other(DbError),
+}
+
+impl From<DbError> for Failure {
+    fn from(error: DbError) -> Failure {
+        Failure::Other(error)
+    }
+}
+
+impl Failure {
+    /// A query's error; a lost connection is told apart.
+    fn of_query(what: &str, error: tokio_postgres::Error) -> Failure {
+        let lost = is_connection_lost(&error);
+        let error = DbError::from_query(what, error);
+        if lost {
+            Failure::Lost(error)
+        } else {
+            Failure::Other(error)
+        }
+    }
+}
+
+/// How one call rides out a database that went away: the first retry comes
+/// at once, later ones after a pause that doubles, until
+/// [`RECONNECT_WINDOW`] has passed since the call began.
+struct Reconnect {
+    began: tokio::time::Instant,
+    tries: u32,
+    pause: Duration,
+}
+
+impl Reconnect {
+    fn new() -> Reconnect {
+        Reconnect {
+            began: tokio::time::Instant::now(),
+            tries: 0,
+            pause: RECONNECT_PAUSE,
+        }
+    }
+
+    /// Returns when call `what` is to be tried again after `failure`, having
+    /// waited if need be; errs with the error to return otherwise. A lost
+    /// connection takes the pool's other idle connections with it: a
+    /// restart ends them all, and handing them out would only fail again.
+    async fn again(&mut self, db: &Db, what: &str, failure: Failure) -> Result<(), DbError> {
+        let (error, lost) = match failure {
+            Failure::Lost(error) => (error, true),
+            Failure::Unavailable(error) => (error, false),
+            Failure::Other(error) => return Err(error),
+        };
+        if lost {
+            db.drop_idle_connections();
+        }
+        let pause = if self.tries == 0 {
+            Duration::ZERO
+        } else {
+            self.pause
+        };
+        if self.began.elapsed() + pause >= RECONNECT_WINDOW {
+            return Err(error);
+        }
+        match (lost, self.tries) {
+            (true, _) => tracing::warn!(
+                call = what,
+                error = %error,
+                "database connection lost; trying again on a new one"
+            ),
+            (false, 0) => tracing::warn!(
+                call = what,
+                error = %error,
+                window_s = RECONNECT_WINDOW.as_secs(),
+                "database unavailable; trying again"
+            ),
+            (false, _) => {
+                tracing::debug!(call = what, error = %error, "database still unavailable")
+            }
+        }
+        if self.tries > 0 {
+            tokio::time::sleep(pause).await;
+            self.pause = (self.pause * 2).min(RECONNECT_PAUSE_MAX);
+        }
+        self.tries += 1;
+        Ok(())
+    }
 }
 
 /// The film's chunk counters after a call.
@@ -289,6 +444,52 @@ pub struct Forced {
     pub progress: Progress,
 }
 
+/// The answer of `sweep_chunks`: what one sweep changed and found, each list
+/// in (film, chunk) order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub struct Swept {
+    /// Chunks to put in front of a worker again.
+    pub requeue: Vec<RequeuedChunk>,
+    /// Chunks this call failed for good.
+    pub failed: Vec<GivenUpChunk>,
+    /// Finished films whose sheet is to be made.
+    pub finalize: Vec<Uuid>,
+}
+
+/// A chunk [`Swept`] lists to be queued again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequeuedChunk {
+    pub video_id: Uuid,
+    pub chunk_index: u32,
+    /// Attempts counted so far (an expired lease's attempt included).
+    pub attempts: u32,
+    pub reason: RequeueReason,
+}
+
+/// Why a chunk is queued again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequeueReason {
+    /// Its worker's lease ran out; the chunk is pending again.
+    LeaseExpired,
+    /// It was pending, untouched for the stale period: its message may be lost.
+    Stale,
+}
+
+/// A chunk [`Swept`] failed for good: its lease ran out on its last attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GivenUpChunk {
+    pub video_id: Uuid,
+    pub chunk_index: u32,
+    pub attempts: u32,
+    /// The error recorded on the chunk.
+    pub error: String,
+    /// True for the one failure that finished its film.
+    pub finished: bool,
+}
+
 /// A queue message a handler rejected, as `rejected_messages` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -354,39 +555,72 @@ impl Db {
     }
 
     async fn client(&self) -> Result<Object, DbError> {
-        self.pool.get().await.map_err(|e| DbError::Connect {
-            target: self.target.clone(),
-            detail: match e {
-                deadpool_postgres::PoolError::Backend(e) => connect_detail(&e),
-                other => other.to_string(),
-            },
+        self.pool.get().await.map_err(|e| self.connect_error(e))
+    }
+
+    /// A pooled connection for one try of a call; a server that is not
+    /// there right now is told apart.
+    async fn pooled(&self) -> Result<Object, Failure> {
+        self.pool.get().await.map_err(|e| {
+            let unavailable = matches!(&e, PoolError::Backend(e) if is_server_unavailable(e));
+            let error = self.connect_error(e);
+            if unavailable {
+                Failure::Unavailable(error)
+            } else {
+                Failure::Other(error)
+            }
         })
     }
 
+    fn connect_error(&self, error: PoolError) -> DbError {
+        DbError::Connect {
+            target: self.target.clone(),
+            detail: match error {
+                PoolError::Backend(e) => connect_detail(&e),
+                other => other.to_string(),
+            },
+        }
+    }
+
+    /// Drops the pool's idle connections, so that the next call connects
+    /// anew.
+    fn drop_idle_connections(&self) {
+        let dropped = self.pool.retain(|_, _| false).removed.len();
+        tracing::debug!(dropped, "idle database connections dropped");
+    }
+
     /// Runs `sql`, which returns one row of one `jsonb` column, and decodes
-    /// it. A dead pooled connection is replaced once.
+    /// it. A database that went away is waited for (see [`Reconnect`]).
     pub(crate) async fn call<T: serde::de::DeserializeOwned>(
         &self,
         what: &str,
         sql: &str,
         params: &[(&(dyn ToSql + Sync), Type)],
     ) -> Result<T, DbError> {
-        let mut retried = false;
+        let mut reconnect = Reconnect::new();
         loop {
-            let client = self.client().await?;
-            match client.query_typed_one(sql, params).await {
+            match self.query_once(what, sql, params).await {
                 Ok(row) => return decode(what, row),
-                Err(e) if !retried && is_connection_lost(&e) => {
-                    tracing::warn!(
-                        call = what,
-                        "database connection lost; retrying once on a new one"
-                    );
-                    drop(Object::take(client));
-                    retried = true;
-                }
-                Err(e) => return Err(DbError::from_query(what, e)),
+                Err(failure) => reconnect.again(self, what, failure).await?,
             }
         }
+    }
+
+    async fn query_once(
+        &self,
+        what: &str,
+        sql: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<tokio_postgres::Row, Failure> {
+        let client = self.pooled().await?;
+        client.query_typed_one(sql, params).await.map_err(|e| {
+            let failure = Failure::of_query(what, e);
+            if matches!(failure, Failure::Lost(_)) {
+                // A dead connection must not go back into the pool.
+                drop(Object::take(client));
+            }
+            failure
+        })
     }
 
     /// Applies the migrations this database lacks, in order, each in its own
@@ -597,8 +831,37 @@ impl Db {
         .await
     }
 
+    /// `sweep_chunks`: puts the chunks of lost workers back to pending (or
+    /// fails those that used `max_attempts`), and lists them, the pending
+    /// chunks untouched for `stale`, and the finished films without a sheet.
+    /// At most `limit` chunks and `limit` films per call; rows another
+    /// transaction holds are skipped.
+    pub async fn sweep_chunks(
+        &self,
+        max_attempts: u32,
+        stale: Duration,
+        limit: u32,
+    ) -> Result<Swept, DbError> {
+        let max_attempts = max_attempts.min(i32::MAX as u32) as i32;
+        let stale_seconds = stale.as_secs_f64();
+        let limit = limit.min(i32::MAX as u32) as i32;
+        self.call(
+            "sweep_chunks",
+            "SELECT public.sweep_chunks($1, $2, $3)",
+            &[
+                (&max_attempts, Type::INT4),
+                (&stale_seconds, Type::FLOAT8),
+                (&limit, Type::INT4),
+            ],
+        )
+        .await
+    }
+
     /// `record_rejected_message`: keeps a message no handler could use. A
-    /// redelivery of the same message counts, it adds no row.
+    /// redelivery of the same message counts, it adds no row. What the
+    /// database cannot store (NUL) is removed from the body and the error,
+    /// so that any message can be recorded and acknowledged, never retried
+    /// for ever; the queue and message id name the row and are not changed.
     pub async fn record_rejected_message(
         &self,
         queue: &str,
@@ -606,6 +869,8 @@ impl Db {
         body: &str,
         error: &str,
     ) -> Result<(), DbError> {
+        let body = crate::model::storable_text(body);
+        let error = crate::model::storable_text(error);
         let _: Value = self
             .call(
                 "record_rejected_message",
@@ -660,8 +925,11 @@ impl Db {
         lease: Duration,
         max_attempts: u32,
     ) -> Result<Claim, DbError> {
-        let (index, seconds, attempts) =
-            (chunk_index as i32, lease.as_secs_f64(), max_attempts as i32);
+        let (index, seconds, attempts) = (
+            index_param(chunk_index)?,
+            lease.as_secs_f64(),
+            max_attempts as i32,
+        );
         let answer: Value = self
             .call(
                 "claim_chunk",
@@ -701,7 +969,7 @@ impl Db {
         shots: &[Shot],
     ) -> Result<Report, DbError> {
         let shots = serde_json::to_value(shots).map_err(|e| decode_error("complete_chunk", e))?;
-        let index = chunk_index as i32;
+        let index = index_param(chunk_index)?;
         self.call(
             "complete_chunk",
             "SELECT public.complete_chunk($1, $2, $3, $4)",
@@ -725,7 +993,7 @@ impl Db {
         retryable: bool,
         max_attempts: u32,
     ) -> Result<Report, DbError> {
-        let (index, attempts) = (chunk_index as i32, max_attempts as i32);
+        let (index, attempts) = (index_param(chunk_index)?, max_attempts as i32);
         let error = crate::model::storable_text(error);
         self.call(
             "fail_chunk",
@@ -753,7 +1021,7 @@ impl Db {
         reason: &str,
         max_releases: u32,
     ) -> Result<Report, DbError> {
-        let index = chunk_index as i32;
+        let index = index_param(chunk_index)?;
         let reason = crate::model::storable_text(reason);
         let max_releases = max_releases.min(i32::MAX as u32) as i32;
         self.call(
@@ -768,6 +1036,37 @@ impl Db {
             ],
         )
         .await
+    }
+
+    /// `renew_lease`: extends the lease of a held chunk to `lease` from now.
+    /// True when `lease_token` still holds the chunk; false when it was taken
+    /// over, force-finalized or completed (then nothing changed, and the
+    /// holder must stop: its commit would be refused).
+    pub async fn renew_lease(
+        &self,
+        video_id: Uuid,
+        chunk_index: u32,
+        lease_token: Uuid,
+        lease: Duration,
+    ) -> Result<bool, DbError> {
+        #[derive(Deserialize)]
+        struct Renewal {
+            renewed: bool,
+        }
+        let (index, seconds) = (index_param(chunk_index)?, lease.as_secs_f64());
+        let answer: Renewal = self
+            .call(
+                "renew_lease",
+                "SELECT public.renew_lease($1, $2, $3, $4)",
+                &[
+                    (&video_id, Type::UUID),
+                    (&index, Type::INT4),
+                    (&lease_token, Type::UUID),
+                    (&seconds, Type::FLOAT8),
+                ],
+            )
+            .await?;
+        Ok(answer.renewed)
     }
 
     /// `chunk_progress`: the progress document of a film.
@@ -806,31 +1105,27 @@ impl Db {
     /// stored before: running it again changes nothing. Reading the results
     /// and storing the sheet happen in one transaction.
     pub async fn finalize(&self, video_id: Uuid) -> Result<Sheet, DbError> {
-        let mut retried = false;
+        let mut reconnect = Reconnect::new();
         loop {
             match self.finalize_once(video_id).await {
-                Err(DbError::Query { source, .. }) if !retried && is_connection_lost(&source) => {
-                    retried = true
-                }
-                other => return other,
+                Ok(sheet) => return Ok(sheet),
+                Err(failure) => reconnect.again(self, "finalizing", failure).await?,
             }
         }
     }
 
-    async fn finalize_once(&self, video_id: Uuid) -> Result<Sheet, DbError> {
+    async fn finalize_once(&self, video_id: Uuid) -> Result<Sheet, Failure> {
         let what = "finalizing";
-        let mut client = self.client().await?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(|e| DbError::from_query(what, e))?;
+        let failed = |e| Failure::of_query(what, e);
+        let mut client = self.pooled().await?;
+        let tx = client.transaction().await.map_err(failed)?;
         let row = tx
             .query_typed_one(
                 "SELECT public.chunk_results($1)",
                 &[(&video_id, Type::UUID)],
             )
             .await
-            .map_err(|e| DbError::from_query(what, e))?;
+            .map_err(failed)?;
         let results: FilmResults = decode("chunk_results", row)?;
         if !results.finished {
             let open = results
@@ -838,10 +1133,10 @@ impl Db {
                 .iter()
                 .filter(|c| !matches!(c.status.as_str(), "completed" | "failed"))
                 .count();
-            return Err(DbError::NotReady(format!(
+            return Err(Failure::Other(DbError::NotReady(format!(
                 "video {video_id} is not finished: {open} of {} chunks are still open",
                 results.total_chunks
-            )));
+            ))));
         }
         let sheet = build_sheet(&results)?;
         let sheet_json = serde_json::to_value(&sheet).map_err(|e| decode_error(what, e))?;
@@ -851,11 +1146,9 @@ impl Db {
                 &[(&video_id, Type::UUID), (&sheet_json, Type::JSONB)],
             )
             .await
-            .map_err(|e| DbError::from_query(what, e))?;
+            .map_err(failed)?;
         let stored: Sheet = decode("store_sheet", row)?;
-        tx.commit()
-            .await
-            .map_err(|e| DbError::from_query(what, e))?;
+        tx.commit().await.map_err(failed)?;
         Ok(stored)
     }
 }
@@ -933,6 +1226,18 @@ fn decode<T: serde::de::DeserializeOwned>(
 
 fn from_value<T: serde::de::DeserializeOwned>(what: &str, value: Value) -> Result<T, DbError> {
     serde_json::from_value(value).map_err(|e| decode_error(what, e))
+}
+
+/// A chunk index as the SQL functions take it (`integer`). Past `i32::MAX`
+/// a cast would wrap to a negative index, and the error would name a chunk
+/// nobody asked for.
+fn index_param(chunk_index: u32) -> Result<i32, DbError> {
+    i32::try_from(chunk_index).map_err(|_| {
+        DbError::InvalidArgument(format!(
+            "chunk index {chunk_index} is out of range: chunks are numbered from 0 to at most {}",
+            i32::MAX
+        ))
+    })
 }
 
 fn decode_error(what: &str, detail: impl std::fmt::Display) -> DbError {

@@ -5,7 +5,8 @@
 //! analyzed ([`analyzer`]) and committed ([`worker`]) through SQL functions in
 //! Postgres ([`db`]), the only coordination point; when the last chunk is
 //! terminal, the chunks' shots are merged ([`merge`]) into one sheet
-//! ([`sheet`]). Time is a frame index throughout ([`time`]).
+//! ([`sheet`]). Time is a frame index throughout ([`time`]). A sweeper
+//! ([`sweep`]) puts back in motion the chunks whose worker was lost.
 
 pub mod analyzer;
 pub mod cloud;
@@ -18,6 +19,7 @@ pub mod plan;
 pub mod probe;
 pub mod runner;
 pub mod sheet;
+pub mod sweep;
 pub mod time;
 pub mod uploads;
 pub mod worker;

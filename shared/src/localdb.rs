@@ -209,6 +209,26 @@ impl TempCluster {
         self.dir.path().join("postgres.log")
     }
 
+    /// Stops the server with a fast shutdown, keeping its data: open
+    /// connections are cut as in a restart of a real database, and new ones
+    /// are refused until [`TempCluster::start_server`]. For tests of what
+    /// survives a database restart.
+    pub fn stop_server(&mut self) {
+        self.stop();
+    }
+
+    /// Starts the server again on the same data and socket after
+    /// [`TempCluster::stop_server`], and waits (at most 30 s) until it
+    /// accepts connections. Does nothing while the server runs.
+    pub fn start_server(&mut self) -> Result<(), LocalDbError> {
+        if matches!(self.server.try_wait(), Ok(None)) {
+            return Ok(());
+        }
+        let bin = find_bindir().ok_or(LocalDbError::NotInstalled)?;
+        self.server = spawn_server(&bin, self.dir.path(), run_as()?)?;
+        self.wait_ready()
+    }
+
     /// Waits until `postmaster.pid` says "ready", as `pg_ctl -w` does.
     fn wait_ready(&mut self) -> Result<(), LocalDbError> {
         let pid_file = self.dir.path().join("data").join("postmaster.pid");
@@ -408,7 +428,12 @@ fn initdb(bin: &Path, dir: &Path, run_as: Option<RunAs>) -> Result<(), LocalDbEr
 
 fn spawn_server(bin: &Path, dir: &Path, run_as: Option<RunAs>) -> Result<Child, LocalDbError> {
     let log_path = dir.join("postgres.log");
-    let log = File::create(&log_path).map_err(LocalDbError::io("create the server log"))?;
+    // Appended to, so that a restarted server's log follows the first one's.
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(LocalDbError::io("open the server log"))?;
     let log_err = log
         .try_clone()
         .map_err(LocalDbError::io("open the server log"))?;
@@ -527,5 +552,36 @@ mod tests {
         );
         drop(cluster);
         assert!(!dir.exists(), "the folder is removed on drop");
+    }
+
+    #[test]
+    fn a_stopped_server_refuses_connections_and_starts_again_with_its_data() {
+        let mut cluster = TempCluster::start().expect("private postgres starts");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let url = runtime
+            .block_on(cluster.create_database("shotlist_restart"))
+            .expect("database created");
+        let connect = || {
+            runtime.block_on(async {
+                let (client, connection) =
+                    tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+                tokio::spawn(connection);
+                Ok::<_, tokio_postgres::Error>(client)
+            })
+        };
+        cluster.stop_server();
+        assert!(connect().is_err(), "a stopped server refuses connections");
+        cluster.start_server().expect("the server starts again");
+        let client = connect().expect("connects after the restart");
+        let found = runtime
+            .block_on(client.query_one(
+                "SELECT count(*) FROM pg_database WHERE datname = 'shotlist_restart'",
+                &[],
+            ))
+            .expect("query");
+        assert_eq!(found.get::<_, i64>(0), 1, "the data survived the restart");
     }
 }

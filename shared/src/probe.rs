@@ -114,6 +114,19 @@ pub enum ProbeError {
     },
     #[error("{}: the video stream has no frames", path.display())]
     NoFrames { path: PathBuf },
+    #[error(
+        "{}: variable frame rate: its {frames} frames would last {counted:.3} s at {fps} fps, \
+         but the video lasts {lasts:.3} s; shotlist counts time in frames at one rate: \
+         convert it first, e.g. ffmpeg -i FILM -fps_mode cfr -r {fps} OUT.mp4",
+        path.display()
+    )]
+    VariableFrameRate {
+        path: PathBuf,
+        fps: Fps,
+        frames: i64,
+        counted: f64,
+        lasts: f64,
+    },
 }
 
 impl ProbeError {
@@ -179,6 +192,11 @@ pub async fn probe_with(path: &Path, options: &ProbeOptions) -> Result<MediaInfo
     if duration_frames <= 0 {
         return Err(ProbeError::NoFrames { path: path.into() });
     }
+    let lasts = seconds(video.duration.as_deref());
+    let fps = match check_constant_rate(path, fps, duration_frames, lasts) {
+        Ok(()) => fps,
+        Err(refused) => interlaced_frame_rate(video, fps, duration_frames, lasts).ok_or(refused)?,
+    };
     let start_offset_seconds = report.start_offset(video);
     let audio = report
         .streams
@@ -390,6 +408,59 @@ fn frame_rate(path: &Path, video: &StreamReport) -> Result<Fps, ProbeError> {
         })
 }
 
+/// How far the video stream's own duration may be from what its frames
+/// last at the frame rate, as a fraction of that duration and at least
+/// [`RATE_SLACK_SECONDS`], before the rate is taken to vary. Constant-rate
+/// files agree to the frame; the slack only absorbs rounding in headers.
+const RATE_SLACK: f64 = 0.02;
+const RATE_SLACK_SECONDS: f64 = 0.5;
+
+/// Refuses a video whose frames do not come at `fps` (a phone's variable
+/// frame rate, a field rate reported for frames): every time shotlist
+/// derives from a frame index would be wrong, silently. A stream that does
+/// not say how long it lasts is taken at its word.
+fn check_constant_rate(
+    path: &Path,
+    fps: Fps,
+    frames: i64,
+    lasts: Option<f64>,
+) -> Result<(), ProbeError> {
+    let Some(lasts) = lasts.filter(|s| *s > 0.0) else {
+        return Ok(());
+    };
+    let counted = fps.seconds_at(frames);
+    if (lasts - counted).abs() <= (lasts * RATE_SLACK).max(RATE_SLACK_SECONDS) {
+        return Ok(());
+    }
+    Err(ProbeError::VariableFrameRate {
+        path: path.into(),
+        fps,
+        frames,
+        counted,
+        lasts,
+    })
+}
+
+/// The frame rate of an interlaced stream whose `r_frame_rate` is its field
+/// rate (50/1 for 25i broadcast footage): `avg_frame_rate`, when it is half
+/// of `fps` and its frames fill the stream's duration at that rate. Any
+/// other disagreement stays a variable frame rate.
+fn interlaced_frame_rate(
+    video: &StreamReport,
+    fps: Fps,
+    frames: i64,
+    lasts: Option<f64>,
+) -> Option<Fps> {
+    let interlaced = matches!(
+        video.field_order.as_deref(),
+        Some("tt" | "bb" | "tb" | "bt")
+    );
+    let avg: Fps = video.avg_frame_rate.as_deref()?.parse().ok()?;
+    let halved = (fps.as_f64() - 2.0 * avg.as_f64()).abs() < 1e-6;
+    let fits = check_constant_rate(Path::new(""), avg, frames, lasts).is_ok();
+    (interlaced && halved && fits).then_some(avg)
+}
+
 /// ffprobe's JSON report, reduced to what shotlist reads.
 #[derive(Debug, Deserialize)]
 struct Report {
@@ -411,6 +482,8 @@ struct StreamReport {
     duration: Option<String>,
     nb_frames: Option<String>,
     nb_read_packets: Option<String>,
+    /// `progressive`, or for interlaced video the order of its fields.
+    field_order: Option<String>,
     #[serde(default)]
     disposition: Disposition,
 }
@@ -544,6 +617,47 @@ mod tests {
         let video = report.first_video().unwrap();
         assert_eq!(video.index, 1);
         assert!((report.start_offset(video) - 0.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn an_interlaced_stream_reporting_its_field_rate_is_counted_in_frames() {
+        let field_order = |order: &str| {
+            let json = format!(
+                r#"{{"index":0,"codec_type":"video","r_frame_rate":"50/1",
+                    "avg_frame_rate":"25/1","field_order":"{order}"}}"#
+            );
+            serde_json::from_str::<StreamReport>(&json).unwrap()
+        };
+        let fields: Fps = "50/1".parse().unwrap();
+        let rate = interlaced_frame_rate(&field_order("tt"), fields, 250, Some(10.0));
+        assert_eq!(rate.map(|f| f.to_string()).as_deref(), Some("25/1"));
+        // Progressive, or frames that do not fill the video at 25 either:
+        // still a variable rate.
+        assert_eq!(
+            interlaced_frame_rate(&field_order("progressive"), fields, 250, Some(10.0)),
+            None
+        );
+        assert_eq!(
+            interlaced_frame_rate(&field_order("tt"), fields, 150, Some(10.0)),
+            None
+        );
+    }
+
+    #[test]
+    fn frames_that_do_not_fill_the_video_at_its_rate_are_a_variable_rate() {
+        let (path, fps) = (Path::new("phone.mp4"), "30/1".parse().unwrap());
+        assert!(check_constant_rate(path, fps, 300, Some(10.0)).is_ok());
+        assert!(check_constant_rate(path, fps, 300, Some(10.4)).is_ok());
+        assert!(check_constant_rate(path, fps, 300, None).is_ok());
+        let err = check_constant_rate(path, fps, 60, Some(3.933))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("phone.mp4: variable frame rate")
+                && err.contains("60 frames would last 2.000 s at 30/1 fps")
+                && err.contains("lasts 3.933 s"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use uuid::Uuid;
 use crate::analyzer::local::LocalAnalyzer;
 use crate::analyzer::Analyzer;
 use crate::db::{Db, DbError};
-use crate::plan::PlanParams;
+use crate::plan::{self, PlanError, PlanParams};
 use crate::probe::{self, ProbeError};
 use crate::sheet::Sheet;
 use crate::worker::{self, Done, WorkerConfig};
@@ -124,6 +124,7 @@ pub async fn run_with(
         .validate()
         .map_err(|e| RunError::Options(e.to_string()))?;
     let media = probe::probe(film).await?;
+    check_plan(&media, options.plan)?;
     let video_id = options.video_id.unwrap_or_else(Uuid::new_v4);
     let source = film.canonicalize().unwrap_or_else(|_| film.to_path_buf());
     let total = db
@@ -151,6 +152,24 @@ pub async fn run_with(
     let sheet = db.finalize(video_id).await?;
     on_event(RunEvent::Finalized);
     Ok(sheet)
+}
+
+/// Refuses chunks so short that the film would need more than
+/// [`plan::MAX_CHUNKS`], naming the flags that set them: the database
+/// refuses such a plan too, but in the words of its own arguments.
+fn check_plan(media: &crate::probe::MediaInfo, params: PlanParams) -> Result<(), RunError> {
+    let duration = plan::duration_seconds(media.duration_frames, media.fps);
+    match plan::chunk_count(duration, params) {
+        Err(PlanError::TooManyChunks { chunks, .. }) => Err(RunError::Options(format!(
+            "the film's {duration:.3} s in chunks of {} s (--chunk-seconds) overlapping by {} s \
+             (--overlap-seconds) would make {chunks} chunks, more than the {} allowed",
+            params.chunk_seconds,
+            params.overlap_seconds,
+            plan::MAX_CHUNKS
+        ))),
+        Err(e) => Err(RunError::Options(e.to_string())),
+        Ok(_) => Ok(()),
+    }
 }
 
 /// Chunks still to do, and how many are not yet terminal.

@@ -7,7 +7,14 @@
 //! transaction (`complete_chunk`). A failed analysis is recorded with its
 //! error; a retryable one puts the chunk back to pending until its attempts
 //! run out.
+//!
+//! A lease is short (a minute by default) so that a dead worker's chunk
+//! comes back soon; while the analysis runs the worker renews it every third
+//! of its length, so a live worker keeps its chunk however long the analysis
+//! takes. A renewal that finds the chunk taken over stops the analysis at
+//! once: its result could not be committed anyway.
 
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use tracing::Instrument;
@@ -18,10 +25,32 @@ use crate::db::{Claim, ClaimedChunk, Db, DbError, Outcome, Progress, Report};
 use crate::model::{storable_text, ChunkAnalysis, Shot};
 use crate::probe::MediaInfo;
 
+/// The whole seconds a lease may last (`--lease-seconds`,
+/// `SHOTLIST_LEASE_SECONDS`): long enough that a renewal every third of it
+/// survives a slow database, short enough that a dead worker's chunk does
+/// not wait for long.
+pub const LEASE_SECONDS: RangeInclusive<u64> = 3..=3600;
+
+/// Reads a lease length given as whole seconds in [`LEASE_SECONDS`]; the
+/// error names `name`, the flag or variable it came from.
+pub fn parse_lease(name: &str, text: &str) -> Result<Duration, String> {
+    match text.trim().parse::<u64>() {
+        Ok(s) if LEASE_SECONDS.contains(&s) => Ok(Duration::from_secs(s)),
+        _ => Err(format!(
+            "{name} must be a whole number of seconds from {} to {}, got {text:?}",
+            LEASE_SECONDS.start(),
+            LEASE_SECONDS.end()
+        )),
+    }
+}
+
 /// How a worker treats one chunk.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct WorkerConfig {
-    /// How long a claim holds the chunk; must outlast `chunk_timeout`.
+    /// How long a claim holds the chunk unless renewed: how long the chunk
+    /// of a worker that died waits before another worker may take it. The
+    /// worker renews it every third of this while it analyzes, so it need
+    /// not outlast `chunk_timeout`.
     pub lease: Duration,
     /// The most one analysis may take before it counts as a failed attempt.
     pub chunk_timeout: Duration,
@@ -39,7 +68,7 @@ pub struct WorkerConfig {
 impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
-            lease: Duration::from_secs(360),
+            lease: Duration::from_secs(60),
             chunk_timeout: Duration::from_secs(300),
             max_attempts: 3,
             final_attempt: false,
@@ -67,7 +96,9 @@ pub enum Done {
         error: String,
         retry_after: Option<Duration>,
     },
-    /// The lease was taken over while this worker analyzed; nothing saved.
+    /// The chunk was taken from this worker (taken over after its lease ran
+    /// out, force-finalized) while it analyzed; nothing saved. The analysis
+    /// was stopped as soon as a renewal of the lease found out.
     LeaseLost,
 }
 
@@ -133,9 +164,47 @@ impl Job<'_> {
             } => return Ok(Done::AlreadyTerminal { status }),
         };
         tracing::debug!(attempt = claimed.attempt, "claimed");
-        match analyze(analyzer, self.video_id, &claimed, self.config.chunk_timeout).await {
+        let analysis = analyze(analyzer, self.video_id, &claimed, self.config.chunk_timeout);
+        // The analysis comes first: when both are ready, a finished analysis
+        // is committed rather than thrown away (the commit checks the lease).
+        let result = tokio::select! {
+            biased;
+            result = analysis => result,
+            () = self.hold_lease(claimed.lease_token) => {
+                let attempt = claimed.attempt;
+                tracing::warn!(attempt, "chunk taken from this worker; analysis stopped");
+                return Ok(Done::LeaseLost);
+            }
+        };
+        match result {
             Ok(analysis) => self.commit(&claimed, analysis).await,
             Err(e) => self.fail(&claimed, &e).await,
+        }
+    }
+
+    /// Renews the lease held with `token` every third of its length, and
+    /// returns only when a renewal finds that the token no longer holds the
+    /// chunk. A renewal the database fails is tried again at the next tick,
+    /// when a third of the lease is still left; a chunk is never failed for
+    /// it.
+    async fn hold_lease(&self, token: Uuid) {
+        let lease = self.config.lease;
+        // A zero period would make the interval panic; no real lease is
+        // that short (claim_chunk refuses a zero lease).
+        let period = (lease / 3).max(Duration::from_millis(1));
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            match self
+                .db
+                .renew_lease(self.video_id, self.chunk_index, token, lease)
+                .await
+            {
+                Ok(true) => tracing::trace!("lease renewed"),
+                Ok(false) => return,
+                Err(e) => tracing::warn!(error = %e, "cannot renew the lease; trying again soon"),
+            }
         }
     }
 
@@ -335,4 +404,29 @@ pub fn absolute_shots(analysis: ChunkAnalysis, start_frame: i64, end_frame: i64)
         s.start_frame < s.end_frame
     });
     shots
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_from_3_to_3600_whole_seconds_is_taken() {
+        assert_eq!(parse_lease("X", "3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_lease("X", " 3600 "), Ok(Duration::from_secs(3600)));
+        assert_eq!(WorkerConfig::default().lease, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn a_lease_outside_the_range_is_refused_naming_where_it_came_from() {
+        for text in ["2", "3601", "0", "-5", "1.5", "", "sixty"] {
+            let error = parse_lease("SHOTLIST_LEASE_SECONDS", text).expect_err(text);
+            assert!(
+                error.starts_with(
+                    "SHOTLIST_LEASE_SECONDS must be a whole number of seconds from 3 to 3600"
+                ),
+                "{error}"
+            );
+        }
+    }
 }

@@ -19,6 +19,12 @@
 //! valid JSON, times jittered by a few milliseconds. Upload sessions of a
 //! key can be refused with 429s too ([`FakeGemini::rate_limit_uploads`]).
 //!
+//! For fault tests, one chunk can be given its own answer every time
+//! ([`FakeGemini::script_clip`]), and uploads or answers can be held at a
+//! [`Gate`] until the test opens it ([`FakeGemini::hold_uploads`],
+//! [`FakeGemini::hold_generations`]): a test stops a worker in the middle
+//! of its analyzer call that way. Dropping the fake lets every held call go.
+//!
 //! The server is a [`FakeServer`]: it outlives any test runtime, never
 //! shares a tracing subscriber with the test, and stops when dropped.
 
@@ -36,6 +42,7 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 
 use crate::fake_server::FakeServer;
+use crate::gate::Gate;
 
 /// One scripted answer of `generateContent`.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,6 +68,9 @@ pub enum Reply {
     FileNotFound,
     /// Waits this long, then answers in echo mode.
     Slow(Duration),
+    /// Never answers while the fake runs, as a provider that hangs: the
+    /// caller's own timeout has to end the call.
+    Stall,
 }
 
 /// How a file's processing ends.
@@ -184,6 +194,15 @@ struct Fake {
     counters: Counters,
     uploads: Vec<Upload>,
     generations: Vec<Generation>,
+    /// Answers for the clip starting at the key's `start_offset`
+    /// (`"15.000s"`), every time, before any script.
+    clip_replies: HashMap<String, Reply>,
+    /// Where upload sessions wait before they are started.
+    upload_gate: Option<Gate>,
+    /// Where `generateContent` calls wait before they are answered.
+    generate_gate: Option<Gate>,
+    /// Opened when the fake is dropped: stalled and held calls end then.
+    stopping: Option<Gate>,
 }
 
 type Shared = Arc<Mutex<Fake>>;
@@ -206,6 +225,7 @@ impl FakeGemini {
     pub fn start(keys: Vec<String>) -> FakeGemini {
         let state: Shared = Arc::new(Mutex::new(Fake {
             keys,
+            stopping: Some(Gate::closed()),
             ..Fake::default()
         }));
         let server = FakeServer::start(router(state.clone()));
@@ -265,6 +285,31 @@ impl FakeGemini {
         self.state().upload_limits.insert(key, (times, delay));
     }
 
+    /// Answers every `generateContent` call about the clip that starts at
+    /// `start_offset` (as the request says it, e.g. `"15.000s"`) with
+    /// `reply`, before any script: one chunk of a film fails every time.
+    pub fn script_clip(&self, start_offset: &str, reply: Reply) {
+        self.state()
+            .clip_replies
+            .insert(start_offset.to_string(), reply);
+    }
+
+    /// Holds every upload session from now on until the returned gate is
+    /// opened (or the fake dropped); the gate counts the held calls.
+    pub fn hold_uploads(&self) -> Gate {
+        let gate = Gate::closed();
+        self.state().upload_gate = Some(gate.clone());
+        gate
+    }
+
+    /// Holds every `generateContent` call from now on, once counted and
+    /// recorded, until the returned gate is opened (or the fake dropped).
+    pub fn hold_generations(&self) -> Gate {
+        let gate = Gate::closed();
+        self.state().generate_gate = Some(gate.clone());
+        gate
+    }
+
     /// Deletes every file, as when they expire.
     pub fn delete_files(&self) {
         self.state().files.clear();
@@ -280,6 +325,16 @@ impl FakeGemini {
 
     pub fn generations(&self) -> Vec<Generation> {
         self.state().generations.clone()
+    }
+}
+
+impl Drop for FakeGemini {
+    /// Lets every held or stalled call go, so that the server's graceful
+    /// shutdown does not wait for them.
+    fn drop(&mut self) {
+        let fake = self.state();
+        let gates = [&fake.upload_gate, &fake.generate_gate, &fake.stopping];
+        gates.into_iter().flatten().for_each(Gate::open);
     }
 }
 
@@ -376,6 +431,10 @@ async fn start_upload(
     {
         let message = "expected X-Goog-Upload-Protocol: resumable and X-Goog-Upload-Command: start";
         return google_error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", message);
+    }
+    let gate = lock(&state).upload_gate.clone();
+    if let Some(gate) = gate {
+        gate.pass().await;
     }
     let bytes = axum::body::to_bytes(body, 1 << 20)
         .await
@@ -549,12 +608,23 @@ async fn generate(
             body: body.clone(),
             query: query.0.clone(),
         });
-        let scripted = fake.key_scripts.get_mut(&key).and_then(VecDeque::pop_front);
-        scripted
+        let clip = body
+            .pointer("/contents/0/parts/0/video_metadata/start_offset")
+            .and_then(Value::as_str)
+            .and_then(|start| fake.clip_replies.get(start))
+            .cloned();
+        let scripted = || fake.key_scripts.get_mut(&key).and_then(VecDeque::pop_front);
+        let reply = clip
+            .or_else(scripted)
             .or_else(|| fake.shared_script.pop_front())
             .or_else(|| fake.fallback.clone())
-            .unwrap_or(Reply::Echo)
+            .unwrap_or(Reply::Echo);
+        (reply, fake.generate_gate.clone(), fake.stopping.clone())
     };
+    let (reply, gate, stopping) = reply;
+    if let Some(gate) = gate {
+        gate.pass().await;
+    }
     let uri = body
         .pointer("/contents/0/parts/0/file_data/file_uri")
         .and_then(Value::as_str)
@@ -585,6 +655,12 @@ async fn generate(
         Reply::FileNotFound => {
             let message = format!("File {name} not found.");
             google_error(StatusCode::NOT_FOUND, "NOT_FOUND", &message)
+        }
+        Reply::Stall => {
+            if let Some(stopping) = stopping {
+                stopping.pass().await;
+            }
+            google_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", "stopping")
         }
         reply => {
             if let Some(refused) = check_file(&state, key, &name) {

@@ -64,3 +64,39 @@ pub async fn chunk_state(db: &Db, video_id: Uuid, index: usize) -> ChunkState {
         error: chunk["error"].as_str().unwrap_or_default().to_string(),
     }
 }
+
+/// Takes chunk `index` of `video_id` from the worker that holds it, as if its
+/// lease had run out: the lease is expired and the chunk claimed again in one
+/// transaction, so a renewal by the holder cannot come in between. Answers
+/// the new lease token (the new holder's lease lasts ten minutes).
+///
+/// # Panics
+/// When the chunk is not processing or the database refuses.
+pub async fn take_over(url: &str, video_id: Uuid, index: u32) -> Uuid {
+    use tokio_postgres::types::Type;
+    let mut client = crate::pg::connect(url).await;
+    let tx = client.transaction().await.expect("begin");
+    let index = index as i32;
+    let expired = tx
+        .execute_typed(
+            "UPDATE shotlist.chunks SET lease_until = now() - interval '1 second' \
+             WHERE video_id = $1 AND chunk_index = $2 AND status = 'processing'",
+            &[(&video_id, Type::UUID), (&index, Type::INT4)],
+        )
+        .await
+        .expect("expire the lease");
+    assert_eq!(expired, 1, "chunk {index} of {video_id} is not processing");
+    let claim: serde_json::Value = tx
+        .query_typed_one(
+            "SELECT public.claim_chunk($1, $2, 600, 100)",
+            &[(&video_id, Type::UUID), (&index, Type::INT4)],
+        )
+        .await
+        .expect("claim")
+        .get(0);
+    tx.commit().await.expect("commit");
+    claim["leaseToken"]
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("the take-over claimed nothing: {claim}"))
+}

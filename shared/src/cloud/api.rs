@@ -35,6 +35,11 @@ pub const DURATION_TOLERANCE_SECONDS: f64 = 1.0;
 /// How long submit may spend probing, within API Gateway's 30 s.
 pub const SUBMIT_PROBE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// The largest request body read. A real one is a few hundred bytes; errors
+/// quote what they refuse, and an answer quoting megabytes would pass
+/// Lambda's 6 MB response limit and reach the caller as a 502.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
 /// The endpoints; each Lambda function serves some of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -232,6 +237,15 @@ impl Api {
             .map(|v| v.to_str().unwrap_or("\u{0}"));
         let caller = self.verifier.verify(header)?;
         let body = request.body().as_ref();
+        if body.len() > MAX_BODY_BYTES {
+            return Err(Failure::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the request body is {} bytes; at most {MAX_BODY_BYTES} are read",
+                    body.len()
+                ),
+            ));
+        }
         match matched {
             Route::Videos => self.submit(caller, body).await,
             Route::Video(id) => self.status(caller, parse_id(id)?).await,

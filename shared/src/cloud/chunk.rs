@@ -23,9 +23,11 @@
 //! visibility timeout (6x the function timeout: 30 minutes) runs out. With a
 //! [`Redelivery`], the handler brings it back sooner: after a back-off that
 //! doubles with every delivery (30 s, 1 min, 2 min, ... at most 15 min),
-//! after a lease's length for a chunk another worker holds (by then that
-//! worker has finished, or its lease has run out and the chunk can be
-//! claimed), and at once for one that did not fit before the deadline.
+//! and at once for one that did not fit before the deadline. A chunk another
+//! worker holds is sent again as a new message a lease's length later (if
+//! that worker died, its lease has run out by then and the chunk can be
+//! claimed; if it still works, it renews its lease and the message waits one
+//! more), so that waiting spends none of the queue's receives.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -184,10 +186,14 @@ impl ChunkHandler {
                 RecordOutcome::Acknowledged(why) => {
                     tracing::info!(message_id = %id, outcome = why, "message acknowledged")
                 }
-                RecordOutcome::Retry {
-                    reason: why,
-                    wait: Wait::After(wait),
-                } if self.sent_again(&record, *wait).await => {
+                // Waits that cost no attempt (resting keys, a chunk another
+                // worker holds) go back as new messages, so that they use
+                // up none of the queue's receives either.
+                RecordOutcome::Retry { reason: why, wait }
+                    if matches!(wait, Wait::After(_) | Wait::Busy)
+                        && self.sent_again(&record, self.free_wait(*wait)).await =>
+                {
+                    let wait = self.free_wait(*wait);
                     tracing::info!(message_id = %id, reason = %why, retry_in_s = wait.as_secs(), "chunk sent again for later")
                 }
                 RecordOutcome::Retry { reason: why, wait } => {
@@ -210,6 +216,14 @@ impl ChunkHandler {
             }
         }
         response
+    }
+
+    /// How long a wait that costs no attempt lasts.
+    fn free_wait(&self, wait: Wait) -> Duration {
+        match wait {
+            Wait::After(wait) => wait,
+            _ => self.worker.lease,
+        }
     }
 
     /// Whether the record's body went back to the queue as a new message
@@ -235,7 +249,7 @@ impl ChunkHandler {
         deadline: Option<SystemTime>,
     ) -> RecordOutcome {
         let body = record.body.as_deref().unwrap_or("");
-        let message: ChunkMessage = match serde_json::from_str(body) {
+        let message = match ChunkMessage::from_body(body) {
             Ok(m) => m,
             Err(e) => {
                 let error = format!("the message body is not a chunk message ({{\"videoId\": \"<uuid>\", \"chunkIndex\": <n>}}): {e}");
@@ -257,8 +271,9 @@ impl ChunkHandler {
                     wait: Wait::Now,
                 };
             }
+            // The lease need not cover the analysis: the worker renews it
+            // while it runs, and stops renewing when Lambda ends it.
             config.chunk_timeout = config.chunk_timeout.min(left);
-            config.lease = config.lease.max(config.chunk_timeout + DEADLINE_MARGIN);
         }
         let span = tracing::info_span!("message", message_id, receives, last);
         self.process(message_id, body, message, &config)

@@ -6,11 +6,12 @@
 //! | `DATABASE_URL`         | all                              | PostgreSQL URL (Supabase: the pooler, `sslmode=require`) |
 //! | `DATABASE_CA_CERT`     | all (optional)                   | PEM file of an extra trusted root for the database |
 //! | `SUPABASE_JWT_SECRET`  | submit, status, finalize, force-finalize | the project's JWT secret (HS256) |
-//! | `CHUNK_QUEUE_URL`      | submit, force-finalize, process-chunk | the chunk queue (process-chunk: to set retry delays) |
-//! | `FINALIZE_QUEUE_URL`   | process-chunk                    | the finalize queue |
+//! | `CHUNK_QUEUE_URL`      | submit, force-finalize, process-chunk, sweeper | the chunk queue (process-chunk: to set retry delays) |
+//! | `FINALIZE_QUEUE_URL`   | process-chunk, sweeper           | the finalize queue |
 //! | `CHUNK_MAX_RECEIVES`   | process-chunk (default 5)        | the chunk queue's `maxReceiveCount` |
 //! | `SHOTLIST_ANALYZER`    | process-chunk (default `local`)  | which analyzer runs: `local`, `gemini` or `replicate` |
 //! | `SHOTLIST_CHUNK_TIMEOUT` | process-chunk (default 300)    | seconds one chunk's analysis may take, retries included |
+//! | `SHOTLIST_LEASE_SECONDS` | process-chunk (default 60)     | seconds a dead worker's chunk waits before another may take it |
 //! | `GEMINI_API_KEYS`      | process-chunk, for `gemini`      | API keys, comma-separated |
 //! | `GEMINI_BASE_URL`, `GEMINI_MODEL` | process-chunk (optional) | the Gemini endpoint and model |
 //! | `REPLICATE_API_TOKENS` | process-chunk, for `replicate`   | API tokens, comma-separated |
@@ -31,10 +32,7 @@ use crate::cloud::queue::{sqs_client, MessageQueue, SqsQueue};
 use crate::db::Db;
 use crate::plan::PlanParams;
 use crate::probe::ProbeOptions;
-use crate::worker::WorkerConfig;
-
-/// How much longer than an analysis a claim holds its chunk.
-const LEASE_MARGIN: Duration = Duration::from_secs(60);
+use crate::worker::{self, WorkerConfig};
 
 /// Connections one function instance keeps: it handles one event at a time.
 pub const POOL_SIZE: usize = 2;
@@ -131,6 +129,15 @@ pub fn chunk_timeout() -> Result<Duration, ConfigError> {
     }
 }
 
+/// `SHOTLIST_LEASE_SECONDS`, default 60 s: how long the chunk of a worker
+/// that died waits before another worker may take it.
+pub fn lease() -> Result<Duration, ConfigError> {
+    match optional("SHOTLIST_LEASE_SECONDS") {
+        None => Ok(WorkerConfig::default().lease),
+        Some(v) => worker::parse_lease("SHOTLIST_LEASE_SECONDS", &v).map_err(ConfigError),
+    }
+}
+
 /// `CHUNK_MAX_RECEIVES`, default 5.
 pub fn max_receives() -> Result<u32, ConfigError> {
     match optional("CHUNK_MAX_RECEIVES") {
@@ -151,6 +158,7 @@ pub fn max_receives() -> Result<u32, ConfigError> {
 /// The process-chunk function's handler.
 pub async fn chunk_handler() -> Result<ChunkHandler, ConfigError> {
     let max_receives = max_receives()?;
+    let lease = lease()?;
     let setup = analyzer_setup()?;
     let chunk_timeout = setup.model.chunk_timeout;
     let db = database().await?;
@@ -175,7 +183,7 @@ pub async fn chunk_handler() -> Result<ChunkHandler, ConfigError> {
         finalize_queue,
         worker: WorkerConfig {
             chunk_timeout,
-            lease: chunk_timeout + LEASE_MARGIN,
+            lease,
             ..WorkerConfig::default()
         },
         max_receives,
@@ -190,6 +198,18 @@ pub async fn finalize_handler(db: Db) -> FinalizeHandler {
         .map(|u| queue_name(&u))
         .unwrap_or_else(|| "finalize".into());
     FinalizeHandler { db, queue_name }
+}
+
+/// The sweeper function's queues: chunk messages go to `CHUNK_QUEUE_URL`,
+/// finalize messages to `FINALIZE_QUEUE_URL`.
+pub async fn sweeper(db: Db) -> Result<crate::sweep::SendToQueues, ConfigError> {
+    let (chunks, _) = queue("CHUNK_QUEUE_URL").await?;
+    let (finalize, _) = queue("FINALIZE_QUEUE_URL").await?;
+    Ok(crate::sweep::SendToQueues {
+        db,
+        chunks,
+        finalize,
+    })
 }
 
 /// The HTTP API's shared state.

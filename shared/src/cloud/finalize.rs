@@ -35,7 +35,7 @@ impl FinalizeHandler {
 
     /// Handles one message; `Err` means "deliver it again".
     pub async fn handle_body(&self, message_id: &str, body: &str) -> Result<(), String> {
-        let message: FinalizeMessage = match serde_json::from_str(body) {
+        let message = match FinalizeMessage::from_body(body) {
             Ok(m) => m,
             Err(e) => {
                 let error = format!(

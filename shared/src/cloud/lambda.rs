@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use crate::cloud::api::Endpoint;
 use crate::cloud::config;
+use crate::sweep::{self, SweepOptions};
 
 /// process-chunk: SQS batches of chunk messages, partial batch responses.
 pub async fn run_process_chunk() -> Result<(), Error> {
@@ -58,6 +59,24 @@ pub async fn run_finalize() -> Result<(), Error> {
             let request = lambda_http::request::from_str(&payload.to_string())?;
             let response = api.handle(&[Endpoint::Finalize], request).await;
             Ok(serde_json::to_value(http_v2_response(response))?)
+        }
+    }))
+    .await
+}
+
+/// sweeper: one sweep per scheduled event (EventBridge, every five
+/// minutes), answering what it did. The event's content is not used.
+pub async fn run_sweeper() -> Result<(), Error> {
+    config::init_logging();
+    let db = started(config::database().await)?;
+    let queues = started(config::sweeper(db).await)?;
+    lambda_runtime::run(service_fn(|_event: LambdaEvent<Value>| {
+        let queues = queues.clone();
+        async move {
+            let report = sweep::sweep(&queues.db, &queues, SweepOptions::default())
+                .await
+                .inspect_err(|e| tracing::error!(error = %e, "the sweep failed"))?;
+            Ok::<Value, Error>(serde_json::to_value(report)?)
         }
     }))
     .await
