@@ -21,6 +21,35 @@
 -- for: two sweepers at once never act on the same chunk or film, and a
 -- sweeper never waits on a worker's commit (the next sweep sees the result).
 
+-- The two tables this file changes are locked first, both at once or
+-- neither, waiting at most a tenth of a second for each: a migration that
+-- held one while it waited for the other could close a cycle with a live
+-- worker that writes a chunk and then reads its film (fail_chunk), which
+-- PostgreSQL breaks by failing one of the two, long after the tenth of a
+-- second (deadlock_timeout, one second by default). In one transaction
+-- (shotlist migrate) the locks then cover the whole file.
+DO $lock$
+DECLARE
+    v_lock_timeout text := current_setting('lock_timeout');
+    v_give_up timestamptz := clock_timestamp() + interval '30 seconds';
+BEGIN
+    PERFORM set_config('lock_timeout', '100ms', true);
+    LOOP
+        BEGIN
+            LOCK TABLE shotlist.videos, shotlist.chunks IN ACCESS EXCLUSIVE MODE;
+            EXIT;
+        EXCEPTION WHEN lock_not_available THEN
+            IF clock_timestamp() > v_give_up THEN
+                RAISE EXCEPTION 'shotlist.videos and shotlist.chunks stayed busy for 30 s; apply this file again'
+                    USING ERRCODE = '55P03';
+            END IF;
+            PERFORM pg_sleep(0.02 + random() * 0.08);
+        END;
+    END LOOP;
+    PERFORM set_config('lock_timeout', v_lock_timeout, true);
+END
+$lock$;
+
 -- When a sweeper last asked for the film's sheet: the next request comes one
 -- stale period later, so that a film whose finalize keeps failing costs one
 -- message per period rather than one per sweep.
@@ -30,6 +59,24 @@ ALTER TABLE shotlist.videos ADD COLUMN IF NOT EXISTS finalize_requested_at times
 CREATE INDEX IF NOT EXISTS chunks_open_idx
     ON shotlist.chunks (video_id, chunk_index)
     WHERE status IN ('pending', 'processing');
+
+-- Whether the chunks of a film travel through the chunk queue: it was
+-- submitted through submit_video, which claims (and then marks) the sending
+-- of its messages. A film of `shotlist process` never is: its run claims
+-- the chunks itself, and a chunk message for it would send a Lambda to a
+-- file on someone's machine.
+CREATE OR REPLACE FUNCTION shotlist.film_is_queued(p_video_id uuid)
+RETURNS boolean
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT EXISTS (
+        SELECT
+        FROM shotlist.videos AS v
+        WHERE v.video_id = p_video_id
+          AND (v.enqueued_at IS NOT NULL OR v.enqueue_claimed_until IS NOT NULL))
+$$;
 
 -- Sweeps at most p_limit chunks and p_limit films, in one transaction:
 --
@@ -45,7 +92,8 @@ CREATE INDEX IF NOT EXISTS chunks_open_idx
 --   ago that have no sheet and were not asked for one within
 --   p_stale_seconds: listed in "finalize".
 --
--- Answers {"requeue": [{"videoId", "chunkIndex", "attempts", "reason"}],
+-- Answers {"requeue": [{"videoId", "chunkIndex", "attempts", "reason",
+-- "queued"}], where "queued" says whether the film takes chunk messages,
 -- "failed": [{"videoId", "chunkIndex", "attempts", "error", "finished"}],
 -- "finalize": ["<video id>", ...]}, each list in (video, chunk) order.
 CREATE OR REPLACE FUNCTION public.sweep_chunks(
@@ -99,7 +147,8 @@ BEGIN
               AND chunk_index = v_chunk.chunk_index;
             v_requeue := v_requeue || jsonb_build_object(
                 'videoId', v_chunk.video_id, 'chunkIndex', v_chunk.chunk_index,
-                'attempts', v_chunk.attempts, 'reason', 'stale');
+                'attempts', v_chunk.attempts, 'reason', 'stale',
+                'queued', shotlist.film_is_queued(v_chunk.video_id));
         ELSIF v_chunk.attempts < p_max_attempts THEN
             UPDATE shotlist.chunks
             SET status = 'pending',
@@ -111,7 +160,8 @@ BEGIN
               AND chunk_index = v_chunk.chunk_index;
             v_requeue := v_requeue || jsonb_build_object(
                 'videoId', v_chunk.video_id, 'chunkIndex', v_chunk.chunk_index,
-                'attempts', v_chunk.attempts, 'reason', 'lease_expired');
+                'attempts', v_chunk.attempts, 'reason', 'lease_expired',
+                'queued', shotlist.film_is_queued(v_chunk.video_id));
         ELSE
             -- The last attempt's worker was lost; an earlier attempt's own
             -- error, when there was one, says more.
@@ -167,6 +217,8 @@ BEGIN
 END
 $$;
 
+REVOKE EXECUTE ON FUNCTION shotlist.film_is_queued(uuid) FROM PUBLIC, anon, authenticated;
+GRANT EXECUTE ON FUNCTION shotlist.film_is_queued(uuid) TO service_role;
 REVOKE EXECUTE ON FUNCTION public.sweep_chunks(integer, double precision, integer) FROM PUBLIC, anon, authenticated;
 GRANT EXECUTE ON FUNCTION public.sweep_chunks(integer, double precision, integer) TO service_role;
 

@@ -940,3 +940,62 @@ async fn force_finalize_while_chunks_run_keeps_the_completed_shots_and_the_runni
     let stored = db.get_sheet(video_id).await.expect("get_sheet");
     assert_eq!(stored, Some(forced), "the stored sheet did not change");
 }
+
+/// A call the server rolls back to break a deadlock or a serialization
+/// conflict is one statement: it is run again (three times at most), not
+/// reported as a failure. `chunk_progress` is replaced, in this test's own
+/// database, by one that is rolled back as often as the test says.
+#[tokio::test]
+async fn a_call_rolled_back_by_a_deadlock_or_conflict_is_run_again_three_times_at_most() {
+    let (db, url) = fresh_db().await;
+    let video_id = described_film(&db, 25 * 400, "25/1").await;
+    let client = pg::connect(&url).await;
+    client
+        .batch_execute(
+            "CREATE SEQUENCE public.conflicts;
+             CREATE TABLE public.conflicts_to_raise (n integer NOT NULL);
+             ALTER FUNCTION public.chunk_progress(uuid) RENAME TO real_chunk_progress;
+             CREATE FUNCTION public.chunk_progress(p_video_id uuid) RETURNS jsonb
+             LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF nextval('public.conflicts') <= (SELECT n FROM public.conflicts_to_raise) THEN
+                     RAISE EXCEPTION 'deadlock detected (a test)' USING ERRCODE = '40P01';
+                 END IF;
+                 RETURN public.real_chunk_progress(p_video_id);
+             END
+             $$;",
+        )
+        .await
+        .expect("a chunk_progress that is rolled back on demand");
+    let raise = |n: i32| {
+        let client = &client;
+        async move {
+            client
+                .execute("DELETE FROM public.conflicts_to_raise", &[])
+                .await
+                .expect("delete");
+            client
+                .execute("INSERT INTO public.conflicts_to_raise VALUES ($1)", &[&n])
+                .await
+                .expect("insert");
+            client
+                .execute("SELECT setval('public.conflicts', 1, false)", &[])
+                .await
+                .expect("setval");
+        }
+    };
+
+    raise(3).await;
+    let progress = db
+        .chunk_progress(video_id)
+        .await
+        .expect("answered on the 4th run");
+    assert_eq!(progress["totalChunks"], 3, "a film of 400 s: {progress}");
+
+    raise(4).await;
+    let error = db
+        .chunk_progress(video_id)
+        .await
+        .expect_err("a fourth conflict is returned");
+    assert!(error.to_string().contains("deadlock detected"), "{error}");
+}

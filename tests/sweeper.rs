@@ -142,7 +142,16 @@ fn requeued(
         chunk_index,
         attempts,
         reason,
+        queued: true,
     }
+}
+
+/// A described film submitted through the queue (its chunk messages were
+/// sent), as the cloud's films are: the sweeper sends its chunks again.
+async fn queued_film(db: &Db, frames: i64, fps: &str) -> Uuid {
+    let video_id = described_film(db, frames, fps).await;
+    db.mark_enqueued(video_id).await.expect("mark_enqueued");
+    video_id
 }
 
 fn chunk_body(video_id: Uuid, chunk_index: u32) -> Value {
@@ -153,7 +162,7 @@ fn chunk_body(video_id: Uuid, chunk_index: u32) -> Value {
 async fn a_chunk_whose_worker_vanished_is_requeued_once_and_then_completes_through_the_normal_worker(
 ) {
     let (db, _) = fresh_db().await;
-    let video_id = described_film(&db, TWO_CHUNKS, "25/1").await;
+    let video_id = queued_film(&db, TWO_CHUNKS, "25/1").await;
     vanish(&db, video_id, 0).await;
     let queues = Queues::new(&db);
 
@@ -197,7 +206,7 @@ async fn a_chunk_whose_worker_vanished_is_requeued_once_and_then_completes_throu
 async fn a_chunk_whose_worker_vanished_on_its_third_attempt_fails_and_finishes_the_film_exactly_once(
 ) {
     let (db, _) = fresh_db().await;
-    let video_id = described_film(&db, TWO_CHUNKS, "25/1").await;
+    let video_id = queued_film(&db, TWO_CHUNKS, "25/1").await;
     assert!(matches!(work(&db, video_id, 1).await, Done::Completed(_)));
     for _ in 0..3 {
         vanish(&db, video_id, 0).await;
@@ -260,7 +269,7 @@ async fn five_sweepers_at_once_act_on_each_chunk_once_and_finish_each_film_once(
     let (db, _) = fresh_db().await;
     let mut films = Vec::new();
     for _ in 0..4 {
-        films.push(described_film(&db, TWO_CHUNKS, "25/1").await);
+        films.push(queued_film(&db, TWO_CHUNKS, "25/1").await);
     }
     let (used_up, lost_once) = films.split_at(2);
     // Every chunk's worker vanishes; those of the first two films three
@@ -347,7 +356,7 @@ async fn five_sweepers_at_once_act_on_each_chunk_once_and_finish_each_film_once(
 #[tokio::test]
 async fn a_chunk_held_by_another_transaction_is_skipped_not_waited_for_and_swept_once_free() {
     let (db, url) = fresh_db().await;
-    let video_id = described_film(&db, TWO_CHUNKS, "25/1").await;
+    let video_id = queued_film(&db, TWO_CHUNKS, "25/1").await;
     vanish(&db, video_id, 0).await;
     vanish(&db, video_id, 1).await;
     // Another transaction (a late commit, or another sweeper) holds chunk 0.
@@ -379,13 +388,13 @@ async fn a_chunk_held_by_another_transaction_is_skipped_not_waited_for_and_swept
 #[tokio::test]
 async fn a_second_sweep_right_after_the_first_finds_nothing_to_do() {
     let (db, url) = fresh_db().await;
-    let lost = described_film(&db, TWO_CHUNKS, "25/1").await;
+    let lost = queued_film(&db, TWO_CHUNKS, "25/1").await;
     vanish(&db, lost, 0).await;
-    let used_up = described_film(&db, ONE_CHUNK, "25/1").await;
+    let used_up = queued_film(&db, ONE_CHUNK, "25/1").await;
     for _ in 0..3 {
         vanish(&db, used_up, 0).await;
     }
-    let waiting = described_film(&db, ONE_CHUNK, "25/1").await;
+    let waiting = queued_film(&db, ONE_CHUNK, "25/1").await;
     age(
         &url,
         "chunks",
@@ -394,7 +403,7 @@ async fn a_second_sweep_right_after_the_first_finds_nothing_to_do() {
         3600,
     )
     .await;
-    let unfinalized = described_film(&db, ONE_CHUNK, "25/1").await;
+    let unfinalized = queued_film(&db, ONE_CHUNK, "25/1").await;
     assert!(work(&db, unfinalized, 0).await.finished());
     age(
         &url,
@@ -437,7 +446,7 @@ async fn a_second_sweep_right_after_the_first_finds_nothing_to_do() {
 #[tokio::test]
 async fn a_live_lease_is_never_touched_however_old_its_row() {
     let (db, url) = fresh_db().await;
-    let video_id = described_film(&db, ONE_CHUNK, "25/1").await;
+    let video_id = queued_film(&db, ONE_CHUNK, "25/1").await;
     let held = claim(&db, video_id, 0, LIVE_LEASE).await;
     age(
         &url,
@@ -472,7 +481,7 @@ async fn a_live_lease_is_never_touched_however_old_its_row() {
 #[tokio::test]
 async fn a_stale_pending_chunk_is_requeued_once_per_stale_period() {
     let (db, url) = fresh_db().await;
-    let video_id = described_film(&db, TWO_CHUNKS, "25/1").await;
+    let video_id = queued_film(&db, TWO_CHUNKS, "25/1").await;
     // A film registered but never described: no worker could claim it.
     let undescribed = Uuid::new_v4();
     db.register_video(undescribed, 100.0, Default::default())
@@ -518,7 +527,7 @@ async fn a_stale_pending_chunk_is_requeued_once_per_stale_period() {
 #[tokio::test]
 async fn a_finished_film_without_a_sheet_is_finalized_and_its_sheet_stored_once() {
     let (db, url) = fresh_db().await;
-    let video_id = described_film(&db, ONE_CHUNK, "25/1").await;
+    let video_id = queued_film(&db, ONE_CHUNK, "25/1").await;
     assert!(work(&db, video_id, 0).await.finished(), "the film finished");
     let direct = DatabaseOnly { db: db.clone() };
 
@@ -570,7 +579,7 @@ async fn a_finished_film_without_a_sheet_is_finalized_and_its_sheet_stored_once(
 #[tokio::test]
 async fn a_film_whose_finalize_keeps_getting_lost_is_asked_for_once_per_stale_period() {
     let (db, url) = fresh_db().await;
-    let video_id = described_film(&db, ONE_CHUNK, "25/1").await;
+    let video_id = queued_film(&db, ONE_CHUNK, "25/1").await;
     assert!(work(&db, video_id, 0).await.finished());
     let this_film = format!("video_id = '{video_id}'");
     age(&url, "videos", "finished_at", &this_film, 7200).await;
@@ -606,7 +615,7 @@ async fn a_film_whose_finalize_keeps_getting_lost_is_asked_for_once_per_stale_pe
 #[tokio::test]
 async fn a_finalize_queue_that_cannot_be_reached_gets_the_film_finalized_by_the_sweep() {
     let (db, url) = fresh_db().await;
-    let video_id = described_film(&db, ONE_CHUNK, "25/1").await;
+    let video_id = queued_film(&db, ONE_CHUNK, "25/1").await;
     assert!(work(&db, video_id, 0).await.finished());
     age(
         &url,
@@ -633,7 +642,7 @@ async fn a_finalize_queue_that_cannot_be_reached_gets_the_film_finalized_by_the_
 #[tokio::test]
 async fn chunk_messages_that_cannot_be_sent_are_sent_by_a_later_sweep_once_stale() {
     let (db, url) = fresh_db().await;
-    let video_id = described_film(&db, ONE_CHUNK, "25/1").await;
+    let video_id = queued_film(&db, ONE_CHUNK, "25/1").await;
     vanish(&db, video_id, 0).await;
     let queues = Queues::new(&db);
     queues.chunks.fail(true);
@@ -670,7 +679,7 @@ async fn chunk_messages_that_cannot_be_sent_are_sent_by_a_later_sweep_once_stale
 #[tokio::test]
 async fn a_worker_whose_lease_was_swept_cannot_commit_over_the_new_attempt() {
     let (db, _) = fresh_db().await;
-    let video_id = described_film(&db, ONE_CHUNK, "25/1").await;
+    let video_id = queued_film(&db, ONE_CHUNK, "25/1").await;
     let lost = vanish(&db, video_id, 0).await;
     let swept = sweep_once(&db, &DatabaseOnly { db: db.clone() }).await;
     assert_eq!(swept.requeued.len(), 1);
@@ -704,7 +713,7 @@ async fn a_worker_whose_lease_was_swept_cannot_commit_over_the_new_attempt() {
 #[tokio::test]
 async fn a_worker_whose_chunk_was_given_up_learns_it_failed_and_not_that_it_finished_the_film() {
     let (db, _) = fresh_db().await;
-    let video_id = described_film(&db, ONE_CHUNK, "25/1").await;
+    let video_id = queued_film(&db, ONE_CHUNK, "25/1").await;
     let mut last = Uuid::nil();
     for _ in 0..3 {
         last = vanish(&db, video_id, 0).await;
@@ -728,7 +737,7 @@ async fn a_sweep_takes_at_most_its_limit_and_the_next_one_takes_the_rest() {
     let (db, _) = fresh_db().await;
     let mut lost = Vec::new();
     for _ in 0..3 {
-        let video_id = described_film(&db, ONE_CHUNK, "25/1").await;
+        let video_id = queued_film(&db, ONE_CHUNK, "25/1").await;
         claim(&db, video_id, 0, VANISHING_LEASE).await;
         lost.push(video_id);
     }
@@ -872,10 +881,16 @@ async fn run(mut command: Command) -> (Output, String, String) {
 
 #[tokio::test]
 async fn shotlist_sweep_fixes_the_database_and_prints_one_line_per_action_and_a_summary() {
+    let no_queue = |video_id: Uuid| {
+        format!(
+            "no queue given: run shotlist process FILM --video-id {video_id} --database-url URL \
+             to analyze it"
+        )
+    };
     let (db, url) = fresh_db().await;
-    let lost = described_film(&db, TWO_CHUNKS, "25/1").await;
+    let lost = queued_film(&db, TWO_CHUNKS, "25/1").await;
     vanish(&db, lost, 0).await;
-    let unfinalized = described_film(&db, ONE_CHUNK, "25/1").await;
+    let unfinalized = queued_film(&db, ONE_CHUNK, "25/1").await;
     assert!(work(&db, unfinalized, 0).await.finished());
     age(
         &url,
@@ -895,7 +910,9 @@ async fn shotlist_sweep_fixes_the_database_and_prints_one_line_per_action_and_a_
     assert_eq!(
         lines[0],
         format!(
-            "video {lost} chunk 0: its worker was lost (lease expired, attempt 1); pending again"
+            "video {lost} chunk 0: its worker was lost (lease expired, attempt 1); pending again; \
+             {}",
+            no_queue(lost)
         )
     );
     assert_eq!(
@@ -904,7 +921,8 @@ async fn shotlist_sweep_fixes_the_database_and_prints_one_line_per_action_and_a_
     );
     assert!(
         lines[2].starts_with("swept ")
-            && lines[2].ends_with(": 1 chunk(s) requeued, 0 failed for good, 1 film(s) finalized"),
+            && lines[2]
+                .ends_with(": 1 chunk(s) need a worker, 0 failed for good, 1 film(s) finalized"),
         "{}",
         lines[2]
     );
@@ -918,6 +936,29 @@ async fn shotlist_sweep_fixes_the_database_and_prints_one_line_per_action_and_a_
     assert!(
         stdout.trim_end().ends_with(": nothing to do") && stdout.lines().count() == 1,
         "{stdout}"
+    );
+
+    // A chunk left pending too long: without a queue nothing was sent, and
+    // the sweep says what will analyze it.
+    let chunk_1 = format!("video_id = '{lost}' AND chunk_index = 1");
+    age(&url, "chunks", "updated_at", &chunk_1, 3600).await;
+    let mut command = shotlist();
+    command.args(["sweep", "--database-url", &url]);
+    let (output, stdout, stderr) = run(command).await;
+    assert!(output.status.success(), "{stdout}{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert_eq!(
+        lines[0],
+        format!(
+            "video {lost} chunk 1: pending for more than 900 s; {}",
+            no_queue(lost)
+        )
+    );
+    assert!(
+        lines[1].ends_with(": 1 chunk(s) need a worker, 0 failed for good, 0 film(s) finalized"),
+        "{}",
+        lines[1]
     );
 }
 
@@ -1012,9 +1053,9 @@ async fn receive_all(client: &aws_sdk_sqs::Client, url: &str) -> Vec<Value> {
 async fn shotlist_sweep_with_an_sqs_endpoint_puts_real_messages_on_the_queues() {
     let Some(endpoint) = moto_url() else { return };
     let (db, url) = fresh_db().await;
-    let lost = described_film(&db, TWO_CHUNKS, "25/1").await;
+    let lost = queued_film(&db, TWO_CHUNKS, "25/1").await;
     vanish(&db, lost, 1).await;
-    let unfinalized = described_film(&db, ONE_CHUNK, "25/1").await;
+    let unfinalized = queued_film(&db, ONE_CHUNK, "25/1").await;
     assert!(work(&db, unfinalized, 0).await.finished());
     age(
         &url,
@@ -1079,4 +1120,31 @@ async fn shotlist_sweep_with_an_sqs_endpoint_puts_real_messages_on_the_queues() 
         }
     }
     assert_eq!(chunk_state(&db, lost, 1).await.status, "pending");
+}
+
+#[tokio::test]
+async fn a_film_of_shotlist_process_gets_its_lost_chunk_back_to_pending_but_no_chunk_message() {
+    let (db, _) = fresh_db().await;
+    let local = described_film(&db, TWO_CHUNKS, "25/1").await;
+    let cloud = queued_film(&db, TWO_CHUNKS, "25/1").await;
+    vanish(&db, local, 0).await;
+    vanish(&db, cloud, 1).await;
+    let queues = Queues::new(&db);
+
+    let report = sweep_once(&db, &queues.requeue).await;
+    let mut expected = vec![
+        RequeuedChunk {
+            queued: false,
+            ..requeued(local, 0, 1, RequeueReason::LeaseExpired)
+        },
+        requeued(cloud, 1, 1, RequeueReason::LeaseExpired),
+    ];
+    expected.sort_by_key(|c| (c.video_id, c.chunk_index));
+    assert_eq!(report.requeued, expected);
+    // A Lambda could not read the local run's file: only the submitted
+    // film's chunk goes on the queue. The local one is pending again, for
+    // its run (or a `shotlist process --video-id`) to claim.
+    assert_eq!(queues.chunks.sent(), [chunk_body(cloud, 1)]);
+    assert_eq!(chunk_state(&db, local, 0).await.status, "pending");
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
 }

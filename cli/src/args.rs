@@ -163,23 +163,26 @@ pub struct ProcessArgs {
     )]
     pub analyzer: AnalyzerKind,
     /// The most one chunk's analysis may take, retries included (10 to 900).
+    // Text, checked in `validate`: clap's own number parsing would answer
+    // "-5" or "1.5" with "invalid digit found in string".
     #[arg(
         long,
         value_name = "SECONDS",
-        default_value_t = 300,
+        default_value = "300",
         allow_negative_numbers = true
     )]
-    pub chunk_timeout: u64,
+    pub chunk_timeout: String,
     /// How long the chunk of a worker that died waits before another worker
     /// may take it (3 to 3600); a live worker renews its lease every third
     /// of this, however long its analysis takes.
+    // Text, checked in `validate`, as --chunk-timeout.
     #[arg(
         long,
         value_name = "SECONDS",
-        default_value_t = WorkerConfig::default().lease.as_secs(),
+        default_value_t = WorkerConfig::default().lease.as_secs().to_string(),
         allow_negative_numbers = true
     )]
-    pub lease_seconds: u64,
+    pub lease_seconds: String,
 }
 
 /// Reads `--analyzer`, whose value may come from `SHOTLIST_ANALYZER`: the
@@ -308,10 +311,9 @@ impl ProcessArgs {
         }
         check_threshold(self.scene_threshold)?;
         let chunk_timeout =
-            setup::parse_chunk_timeout("--chunk-timeout", &self.chunk_timeout.to_string())
-                .map_err(ArgError)?;
-        let lease = worker::parse_lease("--lease-seconds", &self.lease_seconds.to_string())
-            .map_err(ArgError)?;
+            setup::parse_chunk_timeout("--chunk-timeout", &self.chunk_timeout).map_err(ArgError)?;
+        let lease =
+            worker::parse_lease("--lease-seconds", &self.lease_seconds).map_err(ArgError)?;
         let mut analyzer = AnalyzerSetup {
             kind: self.analyzer,
             scene_threshold: self.scene_threshold,
@@ -423,6 +425,9 @@ mod tests {
     /// A change that makes one argument wrong.
     type Change = fn(&mut ProcessArgs);
 
+    /// What --chunk-timeout and --lease-seconds say of any bad value.
+    const WHOLE_SECONDS: &str = "must be a whole number of seconds from";
+
     fn args(film: PathBuf) -> ProcessArgs {
         ProcessArgs {
             film,
@@ -434,8 +439,8 @@ mod tests {
             video_id: None,
             scene_threshold: 0.3,
             analyzer: AnalyzerKind::Local,
-            chunk_timeout: 300,
-            lease_seconds: 60,
+            chunk_timeout: "300".into(),
+            lease_seconds: "60".into(),
         }
     }
 
@@ -465,16 +470,26 @@ mod tests {
     fn each_bad_argument_is_named() {
         let film = film();
         let path = film.path().to_path_buf();
-        let cases: [(Change, &str); 12] = [
+        let cases: [(Change, &str); 19] = [
             (|a| a.concurrency = 0, "--concurrency"),
             (|a| a.concurrency = 65, "--concurrency"),
             (|a| a.chunk_seconds = f64::NAN, "--chunk-seconds"),
             (|a| a.overlap_seconds = -1.0, "--overlap-seconds"),
             (|a| a.overlap_seconds = 180.0, "--overlap-seconds (180)"),
             (|a| a.scene_threshold = 0.0, "--scene-threshold"),
-            (|a| a.chunk_timeout = 5, "--chunk-timeout"),
-            (|a| a.lease_seconds = 2, "--lease-seconds"),
-            (|a| a.lease_seconds = 3601, "--lease-seconds"),
+            (|a| a.chunk_timeout = "5".into(), "--chunk-timeout"),
+            (|a| a.chunk_timeout = "-5".into(), WHOLE_SECONDS),
+            (|a| a.chunk_timeout = "1.5".into(), WHOLE_SECONDS),
+            (|a| a.lease_seconds = "2".into(), "--lease-seconds"),
+            (|a| a.lease_seconds = "3601".into(), "--lease-seconds"),
+            (|a| a.lease_seconds = "-1".into(), WHOLE_SECONDS),
+            (|a| a.lease_seconds = "1.5".into(), WHOLE_SECONDS),
+            (|a| a.lease_seconds = "abc".into(), WHOLE_SECONDS),
+            (|a| a.lease_seconds = "".into(), WHOLE_SECONDS),
+            (
+                |a| a.lease_seconds = "99999999999999999999".into(),
+                WHOLE_SECONDS,
+            ),
             (
                 |a| {
                     a.analyzer = AnalyzerKind::Gemini;
@@ -494,6 +509,30 @@ mod tests {
                 "{error:?} should name {expected:?}"
             );
             assert!(!error.contains('\n'), "{error:?} is one line");
+        }
+    }
+
+    #[test]
+    fn any_bad_lease_or_chunk_timeout_on_the_command_line_gets_the_same_clear_message() {
+        for (flag, value) in [
+            ("--lease-seconds", "-1"),
+            ("--lease-seconds", "1.5"),
+            ("--lease-seconds", "abc"),
+            ("--lease-seconds", "2"),
+            ("--chunk-timeout", "-5"),
+            ("--chunk-timeout", "7e2"),
+        ] {
+            let cli = Cli::try_parse_from(["shotlist", "process", "film.mp4", flag, value])
+                .unwrap_or_else(|e| panic!("{flag} {value}: clap refused it: {e}"));
+            let Command::Process(given) = cli.command else {
+                panic!("{flag} {value}: not a process command");
+            };
+            let error = given.validate().expect_err("invalid").to_string();
+            assert!(
+                error.starts_with(&format!("{flag} {WHOLE_SECONDS}"))
+                    && error.ends_with(&format!("got {value:?}")),
+                "{flag} {value}: {error:?}"
+            );
         }
     }
 

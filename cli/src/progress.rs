@@ -20,6 +20,10 @@ pub struct Progress {
     /// `None` when stderr is not a terminal: plain lines then.
     bar: Option<ProgressBar>,
     total: AtomicU32,
+    /// The most chunks reported finished so far: a count that does not
+    /// grow (a chunk another run finished, reports out of order) is not
+    /// shown again.
+    shown: AtomicU32,
 }
 
 impl Progress {
@@ -36,6 +40,7 @@ impl Progress {
         Progress {
             bar,
             total: AtomicU32::new(0),
+            shown: AtomicU32::new(0),
         }
     }
 
@@ -54,12 +59,30 @@ impl Progress {
                 video_id,
                 total_chunks,
             } => self.registered(video_id, total_chunks),
+            RunEvent::Resumed {
+                completed,
+                failed,
+                total,
+            } => self.resumed(completed, failed, total),
             RunEvent::ChunkDone {
                 completed,
                 failed,
                 total,
                 ..
             } => self.chunk_done(completed, failed, total),
+            RunEvent::ChunkHeld {
+                index,
+                until_utc,
+                remaining,
+            } => {
+                let total = self.total.load(Ordering::Relaxed);
+                self.line(&format!(
+                    "chunk {}/{total} is held by another run until {until_utc} UTC (in {} s); \
+                     waiting (a dead run's lease runs out by then)",
+                    index + 1,
+                    remaining.as_secs_f64().ceil()
+                ));
+            }
             RunEvent::ChunkRetry { index, error } => {
                 let total = self.total.load(Ordering::Relaxed);
                 self.line(&format!(
@@ -96,8 +119,29 @@ impl Progress {
         }
     }
 
+    fn resumed(&self, completed: u32, failed: u32, total: u32) {
+        let done = completed + failed;
+        self.shown.fetch_max(done, Ordering::Relaxed);
+        if let Some(bar) = &self.bar {
+            bar.set_position(u64::from(done));
+            // The ETA would count the finished chunks as this run's speed.
+            bar.reset_eta();
+        }
+        let failed = if failed > 0 {
+            format!(" ({failed} failed)")
+        } else {
+            String::new()
+        };
+        self.line(&format!(
+            "resuming: {done} of {total} chunks already done{failed}"
+        ));
+    }
+
     fn chunk_done(&self, completed: u32, failed: u32, total: u32) {
         let done = completed + failed;
+        if !self.advances(done) {
+            return;
+        }
         match &self.bar {
             Some(bar) => {
                 bar.set_length(u64::from(total));
@@ -109,6 +153,12 @@ impl Progress {
             None if failed > 0 => eprintln!("chunk {done}/{total} done ({failed} failed)"),
             None => eprintln!("chunk {done}/{total} done"),
         }
+    }
+
+    /// Records `done` finished chunks; true when that is more than shown
+    /// so far.
+    fn advances(&self, done: u32) -> bool {
+        self.shown.fetch_max(done, Ordering::Relaxed) < done
     }
 
     fn line(&self, text: &str) {
@@ -150,5 +200,20 @@ mod tests {
             total_chunks: 18,
         });
         assert_eq!(progress.total.load(Ordering::Relaxed), 18);
+    }
+
+    #[test]
+    fn a_count_of_finished_chunks_is_shown_once() {
+        let progress = Progress::new(false);
+        progress.on_event(RunEvent::Resumed {
+            completed: 3,
+            failed: 1,
+            total: 20,
+        });
+        assert!(!progress.advances(4), "the resumed count is shown already");
+        assert!(!progress.advances(3), "a late report");
+        assert!(progress.advances(5));
+        assert!(!progress.advances(5), "the same count again");
+        assert!(progress.advances(6));
     }
 }

@@ -57,14 +57,9 @@ pub async fn run(settings: SweepSettings) -> Result<(), SweepFailed> {
 
 /// One line per chunk and film the sweep acted on.
 fn lines(report: &SweepReport, stale_seconds: f64) -> Vec<String> {
-    let sent = match report.messages {
-        Some(Requeued::Sent) => "; its chunk message is sent",
-        Some(Requeued::NotSent) => "",
-        None => "; its chunk message could NOT be sent",
-    };
     let mut lines = Vec::new();
     for chunk in &report.requeued {
-        lines.push(format!("{}{sent}", requeued(chunk, stale_seconds)));
+        lines.push(requeued(chunk, report.messages, stale_seconds));
     }
     for chunk in &report.failed {
         let finished = if chunk.finished {
@@ -93,26 +88,67 @@ fn lines(report: &SweepReport, stale_seconds: f64) -> Vec<String> {
     lines
 }
 
-fn requeued(chunk: &RequeuedChunk, stale_seconds: f64) -> String {
+/// The line of a chunk put back in front of a worker: why, and whether its
+/// message was sent (`messages`), or else what the user has to do.
+fn requeued(chunk: &RequeuedChunk, messages: Option<Requeued>, stale_seconds: f64) -> String {
     let head = format!("video {} chunk {}", chunk.video_id, chunk.chunk_index);
-    match chunk.reason {
+    // Without a queue, or for a film of `shotlist process` (which takes no
+    // chunk messages), no message was ever expected.
+    let expects_message = chunk.queued && messages != Some(Requeued::NotSent);
+    let why = match chunk.reason {
         RequeueReason::LeaseExpired => format!(
-            "{head}: its worker was lost (lease expired, attempt {}); pending again",
+            "its worker was lost (lease expired, attempt {}); pending again",
             chunk.attempts
         ),
-        RequeueReason::Stale => {
-            format!("{head}: pending for more than {stale_seconds} s, its message may be lost")
+        RequeueReason::Stale if expects_message => {
+            format!("pending for more than {stale_seconds} s, its message may be lost")
         }
-    }
+        RequeueReason::Stale => format!("pending for more than {stale_seconds} s"),
+    };
+    let next = match (chunk.queued, messages) {
+        (_, Some(Requeued::NotSent)) => no_queue(chunk.video_id),
+        (false, _) => format!(
+            "not submitted through the queue: run shotlist process FILM --video-id {} \
+             --database-url URL to analyze it",
+            chunk.video_id
+        ),
+        (true, Some(Requeued::Sent)) => "its chunk message is sent".to_string(),
+        (true, None) => "its chunk message could NOT be sent".to_string(),
+    };
+    format!("{head}: {why}; {next}")
+}
+
+/// What a sweep without a queue tells the user to do for a pending chunk
+/// of `video_id`: nothing else will analyze it. (The film's path and the
+/// database's URL, which may hold a password, are left for the user.)
+fn no_queue(video_id: uuid::Uuid) -> String {
+    format!(
+        "no queue given: run shotlist process FILM --video-id {video_id} --database-url URL \
+         to analyze it"
+    )
 }
 
 fn summary(report: &SweepReport, target: &str) -> String {
     if report.is_empty() {
         return format!("swept {target}: nothing to do");
     }
+    let queued = report.requeued.iter().filter(|c| c.queued).count();
+    let mut chunks = Vec::new();
+    if queued > 0 {
+        let what = match report.messages {
+            Some(Requeued::Sent) => "requeued",
+            Some(Requeued::NotSent) => "need a worker",
+            None => "could not be requeued",
+        };
+        chunks.push(format!("{queued} chunk(s) {what}"));
+    }
+    let unqueued = report.requeued.len() - queued;
+    if unqueued > 0 || queued == 0 {
+        chunks.push(format!("{unqueued} chunk(s) need a worker"));
+    }
     format!(
-        "swept {target}: {} chunk(s) requeued, {} failed for good, {} film(s) finalized",
-        report.requeued.len(),
+        "swept {target}: {}, {} failed for good, {} film(s) finalized",
+        chunks.join(", "),
         report.failed.len(),
         report.finalized.len()
     )
@@ -135,12 +171,14 @@ mod tests {
                     chunk_index: 0,
                     attempts: 2,
                     reason: RequeueReason::LeaseExpired,
+                    queued: true,
                 },
                 RequeuedChunk {
                     video_id,
                     chunk_index: 1,
                     attempts: 0,
                     reason: RequeueReason::Stale,
+                    queued: true,
                 },
             ],
             messages: Some(Requeued::Sent),
@@ -172,6 +210,61 @@ mod tests {
         assert_eq!(
             summary(&report, "db:5432/x"),
             "swept db:5432/x: 2 chunk(s) requeued, 1 failed for good, 1 film(s) finalized"
+        );
+    }
+
+    #[test]
+    fn without_a_queue_a_pending_chunk_is_said_to_need_a_worker_not_to_be_requeued() {
+        let video_id = Uuid::nil();
+        let report = SweepReport {
+            requeued: vec![RequeuedChunk {
+                video_id,
+                chunk_index: 18,
+                attempts: 0,
+                reason: RequeueReason::Stale,
+                queued: true,
+            }],
+            messages: Some(Requeued::NotSent),
+            failed: vec![],
+            finalized: vec![],
+            problems: vec![],
+        };
+        assert_eq!(
+            lines(&report, 0.0),
+            [format!(
+                "video {video_id} chunk 18: pending for more than 0 s; no queue given: run \
+                 shotlist process FILM --video-id {video_id} --database-url URL to analyze it"
+            )]
+        );
+        assert_eq!(
+            summary(&report, "db:5432/x"),
+            "swept db:5432/x: 1 chunk(s) need a worker, 0 failed for good, 0 film(s) finalized"
+        );
+        let unsent = SweepReport {
+            messages: None,
+            ..report
+        };
+        assert!(lines(&unsent, 0.0)[0].ends_with("its chunk message could NOT be sent"));
+        assert!(summary(&unsent, "x").contains("1 chunk(s) could not be requeued"));
+    }
+
+    #[test]
+    fn a_film_not_submitted_through_the_queue_is_pointed_to_shotlist_process() {
+        let video_id = Uuid::nil();
+        let chunk = RequeuedChunk {
+            video_id,
+            chunk_index: 3,
+            attempts: 1,
+            reason: RequeueReason::LeaseExpired,
+            queued: false,
+        };
+        assert_eq!(
+            requeued(&chunk, None, 900.0),
+            format!(
+                "video {video_id} chunk 3: its worker was lost (lease expired, attempt 1); \
+                 pending again; not submitted through the queue: run shotlist process FILM \
+                 --video-id {video_id} --database-url URL to analyze it"
+            )
         );
     }
 }

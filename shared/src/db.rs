@@ -206,6 +206,10 @@ enum Failure {
     Lost(DbError),
     /// No connection could be made: the server is not there right now.
     Unavailable(DbError),
+    /// The server rolled the statement back to break a deadlock or a
+    /// serialization conflict: a call is one statement, so running it again
+    /// is safe.
+    Conflict(DbError),
     /// Anything else, returned as it is.
     Other(DbError),
 }
@@ -220,14 +224,22 @@ impl Failure {
     /// A query's error; a lost connection is told apart.
     fn of_query(what: &str, error: tokio_postgres::Error) -> Failure {
         let lost = is_connection_lost(&error);
+        let conflict = matches!(error.code().map(|c| c.code()), Some("40P01" | "40001"));
         let error = DbError::from_query(what, error);
         if lost {
             Failure::Lost(error)
+        } else if conflict {
+            Failure::Conflict(error)
         } else {
             Failure::Other(error)
         }
     }
 }
+
+/// How often one call rolled back by a deadlock or serialization conflict
+/// is run again, after a pause that grows by [`CONFLICT_PAUSE`] each time.
+const MAX_CONFLICT_RETRIES: u32 = 3;
+const CONFLICT_PAUSE: Duration = Duration::from_millis(20);
 
 /// How one call rides out a database that went away: the first retry comes
 /// at once, later ones after a pause that doubles, until
@@ -235,6 +247,8 @@ impl Failure {
 struct Reconnect {
     began: tokio::time::Instant,
     tries: u32,
+    /// Calls rolled back by a deadlock or serialization conflict so far.
+    conflicts: u32,
     pause: Duration,
 }
 
@@ -243,6 +257,7 @@ impl Reconnect {
         Reconnect {
             began: tokio::time::Instant::now(),
             tries: 0,
+            conflicts: 0,
             pause: RECONNECT_PAUSE,
         }
     }
@@ -255,7 +270,13 @@ impl Reconnect {
         let (error, lost) = match failure {
             Failure::Lost(error) => (error, true),
             Failure::Unavailable(error) => (error, false),
-            Failure::Other(error) => return Err(error),
+            Failure::Conflict(error) if self.conflicts < MAX_CONFLICT_RETRIES => {
+                self.conflicts += 1;
+                tracing::debug!(call = what, error = %error, "rolled back by a conflict; trying again");
+                tokio::time::sleep(CONFLICT_PAUSE * self.conflicts).await;
+                return Ok(());
+            }
+            Failure::Conflict(error) | Failure::Other(error) => return Err(error),
         };
         if lost {
             db.drop_idle_connections();
@@ -465,6 +486,10 @@ pub struct RequeuedChunk {
     /// Attempts counted so far (an expired lease's attempt included).
     pub attempts: u32,
     pub reason: RequeueReason,
+    /// Whether the film takes chunk messages (it was submitted through the
+    /// queue); a film of `shotlist process` is analyzed by its own run.
+    #[serde(default)]
+    pub queued: bool,
 }
 
 /// Why a chunk is queued again.
@@ -506,6 +531,48 @@ pub struct RejectedMessage {
     pub first_seen: String,
     pub last_seen: String,
 }
+
+/// The plan a film was registered with, to tell a run that resumes it
+/// with another film or plan what differs.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegisteredPlan {
+    pub duration_seconds: f64,
+    pub chunk_seconds: f64,
+    pub overlap_seconds: f64,
+}
+
+/// A live lease another worker holds on a chunk, by the database's clock.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeldLease {
+    /// When it runs out, `HH:MM:SS` in UTC.
+    pub until_utc: String,
+    /// How long until then.
+    pub remaining_seconds: f64,
+}
+
+/// The registered plan of a film, or NULL. A plain read: no SQL function
+/// answers it, and it serves only to word an error.
+const REGISTERED_PLAN_SQL: &str = "SELECT (
+    SELECT jsonb_build_object(
+        'durationSeconds', duration_seconds,
+        'chunkSeconds', chunk_seconds,
+        'overlapSeconds', overlap_seconds)
+    FROM shotlist.videos
+    WHERE video_id = $1)";
+
+/// The live lease on a chunk, or NULL when nobody holds it. A plain read
+/// for a progress message; claims go through `claim_chunk`.
+const HELD_LEASE_SQL: &str = "SELECT (
+    SELECT jsonb_build_object(
+        'untilUtc', to_char(lease_until AT TIME ZONE 'UTC', 'HH24:MI:SS'),
+        'remainingSeconds', extract(epoch FROM lease_until - now()))
+    FROM shotlist.chunks
+    WHERE video_id = $1
+      AND chunk_index = $2
+      AND status = 'processing'
+      AND lease_until > now())";
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -1067,6 +1134,32 @@ impl Db {
             )
             .await?;
         Ok(answer.renewed)
+    }
+
+    /// The plan `video_id` was registered with; `None` for an unknown film.
+    pub async fn registered_plan(&self, video_id: Uuid) -> Result<Option<RegisteredPlan>, DbError> {
+        self.call(
+            "reading the registered plan",
+            REGISTERED_PLAN_SQL,
+            &[(&video_id, Type::UUID)],
+        )
+        .await
+    }
+
+    /// The live lease on chunk `chunk_index` of `video_id`; `None` when no
+    /// worker holds it now.
+    pub async fn held_lease(
+        &self,
+        video_id: Uuid,
+        chunk_index: u32,
+    ) -> Result<Option<HeldLease>, DbError> {
+        let index = index_param(chunk_index)?;
+        self.call(
+            "reading a chunk's lease",
+            HELD_LEASE_SQL,
+            &[(&video_id, Type::UUID), (&index, Type::INT4)],
+        )
+        .await
     }
 
     /// `chunk_progress`: the progress document of a film.

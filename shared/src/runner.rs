@@ -8,7 +8,7 @@
 //! film and returns the sheet. Postgres keeps all the state: nothing here has
 //! to survive the process.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::analyzer::local::LocalAnalyzer;
 use crate::analyzer::Analyzer;
-use crate::db::{Db, DbError};
+use crate::db::{Db, DbError, RegisteredPlan};
 use crate::plan::{self, PlanError, PlanParams};
 use crate::probe::{self, ProbeError};
 use crate::sheet::Sheet;
@@ -65,6 +65,23 @@ pub enum RunEvent {
     Registered {
         video_id: Uuid,
         total_chunks: u32,
+    },
+    /// The film was registered by an earlier run: `completed` and `failed`
+    /// of its `total` chunks are already finished and are not analyzed
+    /// again. Sent once, before any [`RunEvent::ChunkDone`].
+    Resumed {
+        completed: u32,
+        failed: u32,
+        total: u32,
+    },
+    /// Another run holds chunk `index` under a lease that runs out at
+    /// `until_utc` (`HH:MM:SS`, UTC, the database's clock), `remaining` from
+    /// now; this run waits for it. Sent once per chunk: a dead run is
+    /// otherwise only silence until its lease runs out.
+    ChunkHeld {
+        index: u32,
+        until_utc: String,
+        remaining: Duration,
     },
     ChunkDone {
         index: u32,
@@ -127,9 +144,15 @@ pub async fn run_with(
     check_plan(&media, options.plan)?;
     let video_id = options.video_id.unwrap_or_else(Uuid::new_v4);
     let source = film.canonicalize().unwrap_or_else(|_| film.to_path_buf());
-    let total = db
+    let total = match db
         .register_film(video_id, &source.to_string_lossy(), &media, options.plan)
-        .await?;
+        .await
+    {
+        Err(DbError::InvalidArgument(reason)) => {
+            return Err(registration_refused(db, video_id, &media, options.plan, reason).await)
+        }
+        registered => registered?,
+    };
     let frames = media.duration_frames;
     tracing::info!(%video_id, total_chunks = total, frames, fps = %media.fps, "film registered");
     on_event(RunEvent::Registered {
@@ -140,8 +163,20 @@ pub async fn run_with(
         on_event(RunEvent::Finalized);
         return Ok(sheet);
     }
-    let queue = Arc::new(ChunkQueue::new(total));
-    let workers = (0..options.concurrency.min(total as usize)).map(|_| {
+    let progress = db.chunk_progress(video_id).await?;
+    let finished = finished_chunks(&progress);
+    if !finished.is_empty() {
+        let count = |key: &str| progress[key].as_u64().unwrap_or(0) as u32;
+        on_event(RunEvent::Resumed {
+            completed: count("completedChunks"),
+            failed: count("failedChunks"),
+            total,
+        });
+    }
+    let queue = Arc::new(ChunkQueue::new(
+        (0..total).filter(|index| !finished.contains(index)),
+    ));
+    let workers = (0..options.concurrency.min(queue.open())).map(|_| {
         let (db, analyzer, queue) = (db.clone(), analyzer.clone(), queue.clone());
         let config = options.worker;
         async move { work(&db, analyzer.as_ref(), video_id, &queue, &config, on_event).await }
@@ -172,18 +207,110 @@ fn check_plan(media: &crate::probe::MediaInfo, params: PlanParams) -> Result<(),
     }
 }
 
+/// Why `register_film` refused the film, in the words of the command line
+/// when the id was registered with another film or plan (the database can
+/// only name its own parameters); else the database's reason.
+async fn registration_refused(
+    db: &Db,
+    video_id: Uuid,
+    media: &crate::probe::MediaInfo,
+    plan: PlanParams,
+    reason: String,
+) -> RunError {
+    let this_run = RegisteredPlan {
+        duration_seconds: plan::duration_seconds(media.duration_frames, media.fps),
+        chunk_seconds: plan.chunk_seconds,
+        overlap_seconds: plan.overlap_seconds,
+    };
+    match db.registered_plan(video_id).await {
+        Ok(Some(registered)) if registered != this_run => {
+            RunError::Options(plan_conflict(video_id, &registered, &this_run))
+        }
+        Ok(_) => RunError::Db(DbError::InvalidArgument(reason)),
+        Err(e) => {
+            tracing::debug!(%video_id, error = %e, "could not read the registered plan");
+            RunError::Db(DbError::InvalidArgument(reason))
+        }
+    }
+}
+
+/// Says that `video_id` was registered with another film or plan than this
+/// run's, and both sides in terms of the film and the flags.
+fn plan_conflict(video_id: Uuid, registered: &RegisteredPlan, this_run: &RegisteredPlan) -> String {
+    let film_differs = registered.duration_seconds != this_run.duration_seconds;
+    let plan_differs = (registered.chunk_seconds, registered.overlap_seconds)
+        != (this_run.chunk_seconds, this_run.overlap_seconds);
+    let what = match (film_differs, plan_differs) {
+        (true, true) => "another film and plan",
+        (true, false) => "another film",
+        _ => "another plan",
+    };
+    let side = |p: &RegisteredPlan| {
+        format!(
+            "a {} s film, --chunk-seconds {}, --overlap-seconds {}",
+            seconds(p.duration_seconds),
+            p.chunk_seconds,
+            p.overlap_seconds
+        )
+    };
+    format!(
+        "--video-id {video_id} is already registered for {what}: it was registered with {}; \
+         this run has {}",
+        side(registered),
+        side(this_run)
+    )
+}
+
+/// Seconds to the millisecond, without trailing zeros: "7.6", "75".
+fn seconds(value: f64) -> String {
+    let text = format!("{value:.3}");
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+/// The chunks a `chunk_progress` document lists as completed or failed.
+fn finished_chunks(progress: &serde_json::Value) -> HashSet<u32> {
+    let chunks = progress["chunks"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    chunks
+        .iter()
+        .filter(|chunk| matches!(chunk["status"].as_str(), Some("completed" | "failed")))
+        .filter_map(|chunk| u32::try_from(chunk["index"].as_u64()?).ok())
+        .collect()
+}
+
 /// Chunks still to do, and how many are not yet terminal.
 struct ChunkQueue {
     waiting: Mutex<VecDeque<u32>>,
     open: AtomicUsize,
+    /// Chunks already reported as held by another run.
+    held: Mutex<HashSet<u32>>,
 }
 
 impl ChunkQueue {
-    fn new(total: u32) -> ChunkQueue {
+    fn new(indexes: impl IntoIterator<Item = u32>) -> ChunkQueue {
+        let waiting: VecDeque<u32> = indexes.into_iter().collect();
         ChunkQueue {
-            waiting: Mutex::new((0..total).collect()),
-            open: AtomicUsize::new(total as usize),
+            open: AtomicUsize::new(waiting.len()),
+            waiting: Mutex::new(waiting),
+            held: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Chunks not yet terminal.
+    fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+
+    /// Whether `index` was reported held already.
+    fn was_held(&self, index: u32) -> bool {
+        self.held.lock().is_ok_and(|held| held.contains(&index))
+    }
+
+    /// True the first time `index` is marked held.
+    fn first_held(&self, index: u32) -> bool {
+        self.held.lock().is_ok_and(|mut held| held.insert(index))
     }
 
     fn pop(&self) -> Option<u32> {
@@ -256,11 +383,108 @@ async fn work(
                 }
                 queue.push(index);
             }
-            Done::Busy | Done::LeaseLost => {
+            Done::Busy => {
+                report_held(db, video_id, index, queue, on_event).await;
+                queue.push(index);
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+            Done::LeaseLost => {
                 queue.push(index);
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
         }
     }
     Ok(())
+}
+
+/// Reports chunk `index` as held by another run, the first time it is found
+/// held and the lease can be read (a lease that just ended is not reported).
+async fn report_held(
+    db: &Db,
+    video_id: Uuid,
+    index: u32,
+    queue: &ChunkQueue,
+    on_event: &(dyn Fn(RunEvent) + Send + Sync),
+) {
+    if queue.was_held(index) {
+        return;
+    }
+    match db.held_lease(video_id, index).await {
+        Ok(Some(lease)) if queue.first_held(index) => on_event(RunEvent::ChunkHeld {
+            index,
+            until_utc: lease.until_utc,
+            remaining: Duration::try_from_secs_f64(lease.remaining_seconds).unwrap_or_default(),
+        }),
+        Ok(_) => {}
+        // Only a message is lost: the chunk is tried again all the same.
+        Err(e) => {
+            let chunk_index = index;
+            tracing::debug!(%video_id, chunk_index, error = %e, "could not read the lease");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(duration_seconds: f64, chunk_seconds: f64, overlap_seconds: f64) -> RegisteredPlan {
+        RegisteredPlan {
+            duration_seconds,
+            chunk_seconds,
+            overlap_seconds,
+        }
+    }
+
+    #[test]
+    fn a_resume_with_another_film_and_plan_names_both_sides_by_their_flags() {
+        let id = Uuid::nil();
+        let text = plan_conflict(id, &plan(7.6, 3.0, 1.0), &plan(5.0, 180.0, 15.0));
+        assert_eq!(
+            text,
+            format!(
+                "--video-id {id} is already registered for another film and plan: it was \
+                 registered with a 7.6 s film, --chunk-seconds 3, --overlap-seconds 1; this run \
+                 has a 5 s film, --chunk-seconds 180, --overlap-seconds 15"
+            )
+        );
+        assert!(!text.contains("p_"), "no SQL parameter names: {text}");
+    }
+
+    #[test]
+    fn a_resume_conflict_says_whether_the_film_or_the_plan_differs() {
+        let id = Uuid::nil();
+        let other_film = plan_conflict(id, &plan(75.0, 20.0, 5.0), &plan(37.52, 20.0, 5.0));
+        assert!(other_film.contains("for another film:"), "{other_film}");
+        assert!(other_film.contains("a 37.52 s film"), "{other_film}");
+        let other_plan = plan_conflict(id, &plan(75.0, 20.0, 5.0), &plan(75.0, 20.0, 2.5));
+        assert!(other_plan.contains("for another plan:"), "{other_plan}");
+        assert!(
+            other_plan.ends_with("--overlap-seconds 2.5"),
+            "{other_plan}"
+        );
+    }
+
+    #[test]
+    fn finished_chunks_are_the_completed_and_failed_ones() {
+        let progress = serde_json::json!({"chunks": [
+            {"index": 0, "status": "completed"},
+            {"index": 1, "status": "processing"},
+            {"index": 2, "status": "failed"},
+            {"index": 3, "status": "pending"},
+        ]});
+        assert_eq!(finished_chunks(&progress), HashSet::from([0, 2]));
+        assert!(finished_chunks(&serde_json::json!({})).is_empty());
+    }
+
+    #[test]
+    fn a_chunk_counts_as_held_once() {
+        let queue = ChunkQueue::new([0, 1]);
+        assert!(!queue.was_held(1));
+        assert!(queue.first_held(1));
+        assert!(queue.was_held(1));
+        assert!(!queue.first_held(1), "the second time is not the first");
+        assert!(queue.first_held(0));
+        assert_eq!(queue.open(), 2);
+    }
 }

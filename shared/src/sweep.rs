@@ -256,11 +256,13 @@ pub async fn sweep(
         .sweep_chunks(options.max_attempts, options.stale, options.limit)
         .await?;
     let mut problems = Vec::new();
-    let messages = if swept.requeue.is_empty() {
+    // Only films submitted through the queue get chunk messages: a film of
+    // `shotlist process` sharing the database is left to its own run.
+    let queued: Vec<&RequeuedChunk> = swept.requeue.iter().filter(|c| c.queued).collect();
+    let messages = if queued.is_empty() {
         None
     } else {
-        let chunks: Vec<ChunkMessage> = swept
-            .requeue
+        let chunks: Vec<ChunkMessage> = queued
             .iter()
             .map(|c| ChunkMessage {
                 video_id: c.video_id,
@@ -391,6 +393,7 @@ mod tests {
                 chunk_index: 2,
                 attempts: 1,
                 reason: RequeueReason::Stale,
+                queued: true,
             }],
             messages: Some(Requeued::Sent),
             failed: vec![failed(0, false), failed(1, true)],

@@ -14,5 +14,6 @@ pub mod gated_analyzer;
 pub mod logs;
 pub mod pg;
 pub mod pg_restart;
+pub mod roles;
 pub mod scripted_model;
 pub mod sheets;

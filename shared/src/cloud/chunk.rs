@@ -156,6 +156,9 @@ impl RecordOutcome {
     }
 }
 
+/// The least a duplicate of a held chunk waits before it looks again.
+pub const BUSY_WAIT_MIN: Duration = Duration::from_secs(30);
+
 /// Why a record is to be delivered again, which sets how soon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wait {
@@ -199,7 +202,7 @@ impl ChunkHandler {
                 RecordOutcome::Retry { reason: why, wait } => {
                     let delay = match wait {
                         Wait::Now => Duration::ZERO,
-                        Wait::Busy => self.worker.lease,
+                        Wait::Busy => self.free_wait(Wait::Busy),
                         Wait::Backoff => backoff(receive_count(&record)),
                         Wait::After(wait) => {
                             (*wait).clamp(Duration::from_secs(1), RETRY_BACKOFF_MAX)
@@ -218,11 +221,14 @@ impl ChunkHandler {
         response
     }
 
-    /// How long a wait that costs no attempt lasts.
+    /// How long a wait that costs no attempt lasts: the provider's wait, or
+    /// for a held chunk a lease, but not under [`BUSY_WAIT_MIN`], so that a
+    /// short lease does not make a duplicate come back every few seconds
+    /// for as long as the holder works.
     fn free_wait(&self, wait: Wait) -> Duration {
         match wait {
             Wait::After(wait) => wait,
-            _ => self.worker.lease,
+            _ => self.worker.lease.max(BUSY_WAIT_MIN),
         }
     }
 

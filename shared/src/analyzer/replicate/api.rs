@@ -246,6 +246,86 @@ impl Replicate {
     }
 }
 
+/// A cleanup call that the question makes itself once it is done with a
+/// prediction or a clip, made in the background instead should the question
+/// be dropped first: a worker stops its analysis at once when its chunk is
+/// taken from it (lease renewal), and a prediction nobody waits for would
+/// run on at our cost, the film's clip stay uploaded.
+pub(super) struct Leftover {
+    /// The call, its key's header set; `None` once settled.
+    request: Option<RequestBuilder>,
+    key: usize,
+    what: &'static str,
+}
+
+impl Leftover {
+    /// The question cleaned up itself (or has nothing left to clean up).
+    pub(super) fn settle(mut self) {
+        self.request = None;
+    }
+}
+
+impl Drop for Leftover {
+    fn drop(&mut self) {
+        let Some(request) = self.request.take() else {
+            return;
+        };
+        // Without a runtime (the process is ending) Replicate's own expiry
+        // is all that is left.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (key, what) = (self.key, self.what);
+        tracing::debug!(key, what, "question dropped; cleaning up in the background");
+        runtime.spawn(async move {
+            match request.timeout(CLEANUP_TIMEOUT).send().await {
+                Ok(answer) if answer.status().is_success() => {
+                    tracing::debug!(key, what, "cleaned up after a dropped question")
+                }
+                Ok(answer) => {
+                    let status = answer.status().as_u16();
+                    tracing::warn!(key, what, status, "replicate refused a cleanup call")
+                }
+                Err(e) => {
+                    let error = crate::error_chain(&e);
+                    tracing::warn!(key, what, error = %error, "cleanup call failed")
+                }
+            }
+        });
+    }
+}
+
+impl Replicate {
+    /// The cancel of prediction `id`, made should the question be dropped
+    /// while it waits for it.
+    pub(super) fn leftover_prediction(&self, call: &Call<'_>, id: &str) -> Leftover {
+        let request = self
+            .client
+            .post(format!("{}/v1/predictions/{id}/cancel", self.base))
+            .bearer_auth(call.lease.secret());
+        Leftover {
+            request: Some(request),
+            key: call.key(),
+            what: "canceling a prediction nobody waits for",
+        }
+    }
+
+    /// The delete of `upload`, made should the question be dropped before
+    /// it deletes it.
+    pub(super) fn leftover_upload(&self, call: &Call<'_>, upload: &Upload) -> Leftover {
+        let request = is_plain_id(&upload.id).then(|| {
+            self.client
+                .delete(format!("{}/v1/files/{}", self.base, upload.id))
+                .bearer_auth(call.lease.secret())
+        });
+        Leftover {
+            request,
+            key: call.key(),
+            what: "deleting a clip nobody uses",
+        }
+    }
+}
+
 /// What a refused call means.
 fn classify(
     lease: &KeyLease<'_>,

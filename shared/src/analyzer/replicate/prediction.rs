@@ -1,7 +1,7 @@
 //! One question asked with one key: the clip is uploaded, predictions are
 //! created (again after E6716) and polled until they end, and what is left
 //! is cleaned up: a prediction nobody waits for is canceled, the upload
-//! deleted.
+//! deleted, in the background when the question itself is dropped.
 
 use std::future::Future;
 use std::path::Path;
@@ -30,9 +30,11 @@ impl Replicate {
         let upload = self
             .retry_transient(call, || self.upload(call, clip))
             .await?;
+        let leftover = self.leftover_upload(call, &upload);
         let answer = self.predict(call, &upload).await;
         let until = call.budget.deadline.min(Instant::now() + CLEANUP_TIMEOUT);
         self.delete_file(call, &upload, until).await;
+        leftover.settle();
         answer
     }
 
@@ -58,11 +60,16 @@ impl Replicate {
             .retry_transient(call, || self.create(call, upload))
             .await?;
         let prediction_id = created.id.clone();
+        let leftover = self.leftover_prediction(call, &prediction_id);
         match self.wait_terminal(call, created).await {
-            Ok(done) => answer_of(call, done),
+            Ok(done) => {
+                leftover.settle();
+                answer_of(call, done)
+            }
             Err(failure) => {
                 // Nobody waits for the prediction any more: stop paying for it.
                 self.cancel(call, &prediction_id).await;
+                leftover.settle();
                 Err(match failure {
                     Failure::Throttled(_) => Failure::Transient("polling was rate-limited".into()),
                     other => other,
