@@ -62,9 +62,11 @@ CREATE INDEX IF NOT EXISTS chunks_open_idx
 
 -- Whether the chunks of a film travel through the chunk queue: it was
 -- submitted through submit_video, which claims (and then marks) the sending
--- of its messages. A film of `shotlist process` never is: its run claims
--- the chunks itself, and a chunk message for it would send a Lambda to a
--- file on someone's machine.
+-- of its messages. The claim's request id stays when a failed send gives
+-- the claim back (release_enqueue), so a film whose messages were never all
+-- sent still counts: it is the very film the sweeper must rescue. A film of
+-- `shotlist process` never is: its run claims the chunks itself, and a
+-- chunk message for it would send a Lambda to a file on someone's machine.
 CREATE OR REPLACE FUNCTION shotlist.film_is_queued(p_video_id uuid)
 RETURNS boolean
 LANGUAGE sql
@@ -75,7 +77,9 @@ AS $$
         SELECT
         FROM shotlist.videos AS v
         WHERE v.video_id = p_video_id
-          AND (v.enqueued_at IS NOT NULL OR v.enqueue_claimed_until IS NOT NULL))
+          AND (v.enqueued_at IS NOT NULL
+               OR v.enqueue_claimed_until IS NOT NULL
+               OR v.enqueue_claimed_by IS NOT NULL))
 $$;
 
 -- Sweeps at most p_limit chunks and p_limit films, in one transaction:

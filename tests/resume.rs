@@ -274,7 +274,7 @@ async fn a_resume_after_a_killed_run_says_once_what_was_done_and_which_chunk_the
         .collect();
     assert_eq!(held.len(), 1, "the held chunk is reported once:\n{text}");
     assert!(
-        held[0].ends_with("; waiting (a dead run's lease runs out by then)")
+        held[0].ends_with("; waiting for it (a live run renews its lease, a dead run's runs out)")
             && held[0].contains(" UTC (in "),
         "{}",
         held[0]

@@ -16,8 +16,9 @@ use serde_json::{json, Value};
 use shotlist_shared::cloud::messages::ChunkMessage;
 use shotlist_shared::cloud::queue::{ensure_queue_pair, MessageQueue};
 use shotlist_shared::db::{
-    Claim, ClaimedChunk, Db, DbError, Outcome, RequeueReason, RequeuedChunk,
+    Claim, ClaimedChunk, Db, DbError, Outcome, RequeueReason, RequeuedChunk, Submission,
 };
+use shotlist_shared::plan::PlanParams;
 use shotlist_shared::sheet::SheetStatus;
 use shotlist_shared::sweep::{
     sweep, DatabaseOnly, Finalization, FinalizedFilm, Requeue, Requeued, SendToQueues,
@@ -26,7 +27,7 @@ use shotlist_shared::sweep::{
 use shotlist_shared::worker::{self, Done, WorkerConfig};
 use shotlist_tests::cli_bin::shotlist_bin;
 use shotlist_tests::cloud::{RecordingQueue, ScriptedAnalyzer};
-use shotlist_tests::fixtures::{chunk_state, described_film};
+use shotlist_tests::fixtures::{chunk_state, described_film, media};
 use shotlist_tests::pg::{connect, fresh_db};
 use uuid::Uuid;
 
@@ -1147,4 +1148,42 @@ async fn a_film_of_shotlist_process_gets_its_lost_chunk_back_to_pending_but_no_c
     assert_eq!(queues.chunks.sent(), [chunk_body(cloud, 1)]);
     assert_eq!(chunk_state(&db, local, 0).await.status, "pending");
     assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+#[tokio::test]
+async fn a_submitted_film_whose_messages_could_not_be_sent_is_rescued_by_the_sweep() {
+    let (db, _) = fresh_db().await;
+    let video_id = Uuid::new_v4();
+    let submitted = db
+        .submit_video(&Submission {
+            video_id,
+            owner_id: None,
+            source: "films/unsent.mp4".into(),
+            media: media(TWO_CHUNKS, "25/1".parse().expect("a rate")),
+            plan: PlanParams::default(),
+        })
+        .await
+        .expect("submitted");
+    assert!(submitted.enqueue, "this submission is to send the messages");
+    // Its send failed: the claim is given back and the client never
+    // submits again.
+    db.release_enqueue(video_id).await.expect("release_enqueue");
+    let queues = Queues::new(&db);
+    let options = SweepOptions {
+        stale: Duration::ZERO,
+        ..SweepOptions::default()
+    };
+
+    let report = sweep_with(&db, &queues.requeue, options).await;
+    assert_eq!(
+        report.requeued,
+        [
+            requeued(video_id, 0, 0, RequeueReason::Stale),
+            requeued(video_id, 1, 0, RequeueReason::Stale),
+        ]
+    );
+    assert_eq!(
+        queues.chunks.sent(),
+        [chunk_body(video_id, 0), chunk_body(video_id, 1)]
+    );
 }

@@ -78,7 +78,7 @@ impl Progress {
                 let total = self.total.load(Ordering::Relaxed);
                 self.line(&format!(
                     "chunk {}/{total} is held by another run until {until_utc} UTC (in {} s); \
-                     waiting (a dead run's lease runs out by then)",
+                     waiting for it (a live run renews its lease, a dead run's runs out)",
                     index + 1,
                     remaining.as_secs_f64().ceil()
                 ));

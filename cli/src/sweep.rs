@@ -143,8 +143,11 @@ fn summary(report: &SweepReport, target: &str) -> String {
         chunks.push(format!("{queued} chunk(s) {what}"));
     }
     let unqueued = report.requeued.len() - queued;
-    if unqueued > 0 || queued == 0 {
+    if unqueued > 0 {
         chunks.push(format!("{unqueued} chunk(s) need a worker"));
+    }
+    if chunks.is_empty() {
+        chunks.push("0 chunk(s) requeued".to_string());
     }
     format!(
         "swept {target}: {}, {} failed for good, {} film(s) finalized",
