@@ -21,26 +21,32 @@
 -- for: two sweepers at once never act on the same chunk or film, and a
 -- sweeper never waits on a worker's commit (the next sweep sees the result).
 
--- The two tables this file changes are locked first, both at once or
--- neither, waiting at most a tenth of a second for each: a migration that
--- held one while it waited for the other could close a cycle with a live
--- worker that writes a chunk and then reads its film (fail_chunk), which
--- PostgreSQL breaks by failing one of the two, long after the tenth of a
--- second (deadlock_timeout, one second by default). In one transaction
--- (shotlist migrate) the locks then cover the whole file.
-DO $lock$
+-- Locks p_tables all at once, or none of them, trying for a tenth of a
+-- second at a time: a migration that held one while it waited for another
+-- could close a cycle with a live worker that takes them the other way round
+-- (fail_chunk writes a chunk, then reads its film), which PostgreSQL breaks
+-- by failing one of the two, long after the tenth of a second
+-- (deadlock_timeout, one second by default). The locks last until the end
+-- of the transaction: in one transaction (shotlist migrate) they cover the
+-- whole migration. Gives up after 30 s with 55P03.
+CREATE OR REPLACE FUNCTION shotlist.lock_all_or_none(p_tables regclass[])
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
 DECLARE
+    v_list text := (SELECT string_agg(t::text, ', ') FROM unnest(p_tables) AS t);
     v_lock_timeout text := current_setting('lock_timeout');
     v_give_up timestamptz := clock_timestamp() + interval '30 seconds';
 BEGIN
     PERFORM set_config('lock_timeout', '100ms', true);
     LOOP
         BEGIN
-            LOCK TABLE shotlist.videos, shotlist.chunks IN ACCESS EXCLUSIVE MODE;
+            EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', v_list);
             EXIT;
         EXCEPTION WHEN lock_not_available THEN
             IF clock_timestamp() > v_give_up THEN
-                RAISE EXCEPTION 'shotlist.videos and shotlist.chunks stayed busy for 30 s; apply this file again'
+                RAISE EXCEPTION '% stayed busy for 30 s; apply this migration again', v_list
                     USING ERRCODE = '55P03';
             END IF;
             PERFORM pg_sleep(0.02 + random() * 0.08);
@@ -48,7 +54,13 @@ BEGIN
     END LOOP;
     PERFORM set_config('lock_timeout', v_lock_timeout, true);
 END
-$lock$;
+$$;
+
+REVOKE EXECUTE ON FUNCTION shotlist.lock_all_or_none(regclass[]) FROM PUBLIC, anon, authenticated;
+GRANT EXECUTE ON FUNCTION shotlist.lock_all_or_none(regclass[]) TO service_role;
+
+-- The two tables this file changes.
+SELECT shotlist.lock_all_or_none(ARRAY['shotlist.videos', 'shotlist.chunks']::regclass[]);
 
 -- When a sweeper last asked for the film's sheet: the next request comes one
 -- stale period later, so that a film whose finalize keeps failing costs one

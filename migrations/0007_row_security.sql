@@ -58,37 +58,21 @@ $auth$;
 -- made by an earlier migration is forgotten; a table added later needs the
 -- same two statements (tests/security.rs fails without them).
 --
--- The tables are first locked all at once, or not at all, as in 0006: this
--- file changes every one of them, and a migration that held one while it
--- waited for another would close a cycle with a live writer that takes them
--- the other way round (register_video inserts into videos, then into
--- chunks), which PostgreSQL breaks by failing the writer's call.
+-- The tables are first locked all at once, or not at all
+-- (shotlist.lock_all_or_none, 0006): this file changes every one of them,
+-- and a migration that held one while it waited for another would close a
+-- cycle with a live writer that takes them the other way round
+-- (register_video inserts into videos, then into chunks).
 DO $rls$
 DECLARE
     v_table text;
-    v_tables text;
-    v_lock_timeout text := current_setting('lock_timeout');
-    v_give_up timestamptz := clock_timestamp() + interval '30 seconds';
 BEGIN
-    SELECT string_agg(format('shotlist.%I', c.relname), ', ' ORDER BY c.relname)
-    INTO v_tables
-    FROM pg_catalog.pg_class AS c
-    WHERE c.relnamespace = 'shotlist'::regnamespace
-      AND c.relkind IN ('r', 'p');
-    PERFORM set_config('lock_timeout', '100ms', true);
-    LOOP
-        BEGIN
-            EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', v_tables);
-            EXIT;
-        EXCEPTION WHEN lock_not_available THEN
-            IF clock_timestamp() > v_give_up THEN
-                RAISE EXCEPTION 'the tables of schema shotlist stayed busy for 30 s; apply this file again'
-                    USING ERRCODE = '55P03';
-            END IF;
-            PERFORM pg_sleep(0.02 + random() * 0.08);
-        END;
-    END LOOP;
-    PERFORM set_config('lock_timeout', v_lock_timeout, true);
+    PERFORM shotlist.lock_all_or_none(ARRAY(
+        SELECT c.oid::regclass
+        FROM pg_catalog.pg_class AS c
+        WHERE c.relnamespace = 'shotlist'::regnamespace
+          AND c.relkind IN ('r', 'p')
+        ORDER BY c.relname));
     FOR v_table IN
         SELECT c.relname
         FROM pg_catalog.pg_class AS c
