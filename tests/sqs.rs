@@ -899,6 +899,59 @@ async fn stopping_waits_for_the_invocation_in_flight() {
     delete_pair(&client, &pair).await;
 }
 
+/// A stop that dropped the waiting long poll left the server waiting for a
+/// reader that was gone: the first message to arrive was taken by nobody and
+/// hidden for the whole visibility timeout (found by the pipeline benchmark:
+/// a film's chunk waited 5 minutes).
+#[tokio::test]
+async fn a_message_sent_while_the_mapping_stops_is_left_visible_for_the_next_reader() {
+    let Some(url) = moto_url() else { return };
+    let client = client(&url);
+    let pair = pair(&client, "stop-poll", 300, 5).await;
+    let invoked = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let invoked = invoked.clone();
+        batch_handler(move |_event: SqsEvent| {
+            invoked.fetch_add(1, Ordering::SeqCst);
+            async { Ok(SqsBatchResponse::default()) }
+        })
+    };
+    let config = mapping_config(&client, &pair.url).await;
+    let mapping = EventSourceMapping::new(client.clone(), config, handler)
+        .unwrap()
+        .spawn();
+    // Let its first long poll (1 s) start waiting on the empty queue.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopping = tokio::spawn(mapping.stop());
+    tokio::task::yield_now().await;
+    SqsQueue::new(pair.url.clone(), client.clone())
+        .send_all(&bodies(1, "stop-poll"))
+        .await
+        .unwrap();
+    let stats = stopping.await.unwrap();
+    assert_eq!(
+        invoked.load(Ordering::SeqCst),
+        0,
+        "no handler runs after the stop"
+    );
+    assert_eq!(stats.messages_deleted(), 0);
+    let got = client
+        .receive_message()
+        .queue_url(&pair.url)
+        .wait_time_seconds(2)
+        .send()
+        .await
+        .unwrap()
+        .messages
+        .unwrap_or_default();
+    assert_eq!(
+        got.len(),
+        1,
+        "the message sent during the stop must be visible, not hidden for 300 s"
+    );
+    delete_pair(&client, &pair).await;
+}
+
 #[test]
 fn the_mapping_refuses_a_bad_configuration() {
     let client = client_with("http://127.0.0.1:9", None, false);

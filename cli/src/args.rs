@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use shotlist_shared::analyzer::local::LocalAnalyzer;
 use shotlist_shared::analyzer::setup::{self, AnalyzerKind, AnalyzerSetup};
 use shotlist_shared::plan::PlanParams;
 use shotlist_shared::runner::RunOptions;
@@ -318,6 +319,8 @@ impl ProcessArgs {
             kind: self.analyzer,
             scene_threshold: self.scene_threshold,
             chunk_seconds: self.chunk_seconds,
+            // The chunks analyzed at once share the cores.
+            decoder_threads: Some(LocalAnalyzer::threads_sharing_cores(self.concurrency)),
             ..AnalyzerSetup::default()
         };
         analyzer.model.chunk_timeout = chunk_timeout;

@@ -15,12 +15,16 @@
 //! is harmless.
 
 use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod};
+use futures::future::BoxFuture;
 use serde::Deserialize;
 use serde_json::Value;
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::Socket;
 use uuid::Uuid;
 
 use crate::merge::{self, ChunkOutcome, ChunkResult};
@@ -1375,23 +1379,95 @@ fn cause_chain(error: &tokio_postgres::Error) -> String {
     detail
 }
 
-fn tls_connector() -> Result<postgres_native_tls::MakeTlsConnector, DbError> {
-    let mut builder = native_tls::TlsConnector::builder();
-    if let Some(path) = std::env::var_os("DATABASE_CA_CERT") {
-        let pem = std::fs::read(&path).map_err(|e| {
-            DbError::Tls(format!(
-                "cannot read DATABASE_CA_CERT {}: {e}",
-                path.to_string_lossy()
-            ))
-        })?;
-        let cert = native_tls::Certificate::from_pem(&pem).map_err(|e| {
-            DbError::Tls(format!(
-                "DATABASE_CA_CERT {} is not a PEM certificate: {e}",
-                path.to_string_lossy()
-            ))
-        })?;
-        builder.add_root_certificate(cert);
+/// The TLS side of the pool's connections. `DATABASE_CA_CERT` is read here,
+/// so that a bad file fails [`Db::connect`] naming it; the connector itself
+/// is built by the first connection that negotiates TLS ([`LazyTls`]).
+fn tls_connector() -> Result<LazyTls, DbError> {
+    let extra_root = match std::env::var_os("DATABASE_CA_CERT") {
+        None => None,
+        Some(path) => {
+            let pem = std::fs::read(&path).map_err(|e| {
+                DbError::Tls(format!(
+                    "cannot read DATABASE_CA_CERT {}: {e}",
+                    path.to_string_lossy()
+                ))
+            })?;
+            let cert = native_tls::Certificate::from_pem(&pem).map_err(|e| {
+                DbError::Tls(format!(
+                    "DATABASE_CA_CERT {} is not a PEM certificate: {e}",
+                    path.to_string_lossy()
+                ))
+            })?;
+            Some(cert)
+        }
+    };
+    Ok(LazyTls {
+        extra_root,
+        connector: Arc::new(OnceLock::new()),
+    })
+}
+
+/// A native-tls connector built when the first connection asks for TLS,
+/// then shared by all of them.
+///
+/// Building one loads the system's trust store: OpenSSL parses the whole CA
+/// bundle twice (its default paths, then the ones openssl-probe finds),
+/// about 30 ms of CPU, which was most of a Lambda function's start. A
+/// connection over a unix socket, to a server without TLS or with
+/// `sslmode=disable` never needs it; one with `sslmode=require` pays it
+/// once, in its handshake.
+#[derive(Clone)]
+struct LazyTls {
+    extra_root: Option<native_tls::Certificate>,
+    connector: Arc<OnceLock<Result<postgres_native_tls::MakeTlsConnector, String>>>,
+}
+
+impl LazyTls {
+    fn connector(&self) -> Result<postgres_native_tls::MakeTlsConnector, String> {
+        self.connector
+            .get_or_init(|| {
+                let mut builder = native_tls::TlsConnector::builder();
+                if let Some(cert) = &self.extra_root {
+                    builder.add_root_certificate(cert.clone());
+                }
+                builder
+                    .build()
+                    .map(postgres_native_tls::MakeTlsConnector::new)
+                    .map_err(|e| format!("cannot set up TLS: {e}"))
+            })
+            .clone()
     }
-    let connector = builder.build().map_err(|e| DbError::Tls(e.to_string()))?;
-    Ok(postgres_native_tls::MakeTlsConnector::new(connector))
+}
+
+impl MakeTlsConnect<Socket> for LazyTls {
+    type Stream = postgres_native_tls::TlsStream<Socket>;
+    type TlsConnect = LazyTlsConnect;
+    type Error = std::convert::Infallible;
+
+    fn make_tls_connect(&mut self, domain: &str) -> Result<LazyTlsConnect, Self::Error> {
+        Ok(LazyTlsConnect {
+            tls: self.clone(),
+            domain: domain.to_string(),
+        })
+    }
+}
+
+/// One connection's TLS handshake with `domain`, for [`LazyTls`].
+struct LazyTlsConnect {
+    tls: LazyTls,
+    domain: String,
+}
+
+impl TlsConnect<Socket> for LazyTlsConnect {
+    type Stream = postgres_native_tls::TlsStream<Socket>;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = BoxFuture<'static, Result<Self::Stream, Self::Error>>;
+
+    fn connect(self, stream: Socket) -> Self::Future {
+        Box::pin(async move {
+            let mut make = self.tls.connector()?;
+            let handshake = MakeTlsConnect::<Socket>::make_tls_connect(&mut make, &self.domain)?;
+            Ok(handshake.connect(stream).await?)
+        })
+    }
 }

@@ -5,8 +5,10 @@
 //! only on a unix socket inside that folder (no TCP port, so nothing clashes
 //! with another server or another test), trusts local connections as
 //! `postgres`, and trades durability for speed (`fsync=off` and friends): the
-//! data is thrown away anyway. Dropping the [`TempCluster`] stops the server
-//! and removes the folder.
+//! data is thrown away anyway. [`TempCluster::start_durable`] keeps
+//! PostgreSQL's durable defaults instead, for benchmarks that must pay for
+//! each commit's flush as a production server does. Dropping the
+//! [`TempCluster`] stops the server and removes the folder.
 //!
 //! `initdb` and `postgres` refuse to run as root. When the current process is
 //! root, both run as the `postgres` system user (which Debian's `postgresql`
@@ -114,6 +116,9 @@ impl LocalDbError {
 #[derive(Debug)]
 pub struct TempCluster {
     server: Child,
+    /// Whether the server keeps PostgreSQL's durable defaults, also after a
+    /// restart.
+    durable: bool,
     /// Removed when dropped, which is after `Drop::drop` stopped the server.
     dir: TempDir,
 }
@@ -133,6 +138,19 @@ impl TempCluster {
     /// installed, no `postgres` user when root) or quote the tail of
     /// `initdb`'s output or of the server log.
     pub fn start() -> Result<TempCluster, LocalDbError> {
+        TempCluster::start_with(false)
+    }
+
+    /// Starts a cluster as [`TempCluster::start`] does, but with PostgreSQL's
+    /// durable defaults (`fsync`, `synchronous_commit` and
+    /// `full_page_writes` on): every commit waits until its WAL is on disk,
+    /// as on a production server. Command-line settings outrank `ALTER
+    /// SYSTEM`, so this cannot be switched on later.
+    pub fn start_durable() -> Result<TempCluster, LocalDbError> {
+        TempCluster::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> Result<TempCluster, LocalDbError> {
         let bin = find_bindir().ok_or(LocalDbError::NotInstalled)?;
         let run_as = run_as()?;
         let dir = make_dir(run_as)?;
@@ -141,8 +159,12 @@ impl TempCluster {
             return Err(LocalDbError::SocketPathTooLong(dir.path().to_path_buf()));
         }
         initdb(&bin, dir.path(), run_as)?;
-        let server = spawn_server(&bin, dir.path(), run_as)?;
-        let mut cluster = TempCluster { server, dir };
+        let server = spawn_server(&bin, dir.path(), run_as, durable)?;
+        let mut cluster = TempCluster {
+            server,
+            durable,
+            dir,
+        };
         cluster.wait_ready()?;
         tracing::debug!(dir = %cluster.dir.path().display(), "private postgres started");
         Ok(cluster)
@@ -225,7 +247,7 @@ impl TempCluster {
             return Ok(());
         }
         let bin = find_bindir().ok_or(LocalDbError::NotInstalled)?;
-        self.server = spawn_server(&bin, self.dir.path(), run_as()?)?;
+        self.server = spawn_server(&bin, self.dir.path(), run_as()?, self.durable)?;
         self.wait_ready()
     }
 
@@ -426,7 +448,12 @@ fn initdb(bin: &Path, dir: &Path, run_as: Option<RunAs>) -> Result<(), LocalDbEr
     })
 }
 
-fn spawn_server(bin: &Path, dir: &Path, run_as: Option<RunAs>) -> Result<Child, LocalDbError> {
+fn spawn_server(
+    bin: &Path,
+    dir: &Path,
+    run_as: Option<RunAs>,
+    durable: bool,
+) -> Result<Child, LocalDbError> {
     let log_path = dir.join("postgres.log");
     // Appended to, so that a restarted server's log follows the first one's.
     let log = fs::OpenOptions::new()
@@ -437,16 +464,21 @@ fn spawn_server(bin: &Path, dir: &Path, run_as: Option<RunAs>) -> Result<Child, 
     let log_err = log
         .try_clone()
         .map_err(LocalDbError::io("open the server log"))?;
-    server_command(bin, "postgres", dir, run_as)
+    let mut command = server_command(bin, "postgres", dir, run_as);
+    command
         .arg("-D")
         .arg(dir.join("data"))
         .arg("-k")
         .arg(dir)
         .args(["-p", &PORT.to_string()])
-        .args(["-c", "listen_addresses="])
-        .args(["-c", "fsync=off"])
-        .args(["-c", "synchronous_commit=off"])
-        .args(["-c", "full_page_writes=off"])
+        .args(["-c", "listen_addresses="]);
+    if !durable {
+        command
+            .args(["-c", "fsync=off"])
+            .args(["-c", "synchronous_commit=off"])
+            .args(["-c", "full_page_writes=off"]);
+    }
+    command
         .stdout(log)
         .stderr(log_err)
         .spawn()
@@ -583,5 +615,34 @@ mod tests {
             ))
             .expect("query");
         assert_eq!(found.get::<_, i64>(0), 1, "the data survived the restart");
+    }
+
+    #[test]
+    fn a_durable_cluster_flushes_every_commit_and_the_default_one_does_not() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let settings = |cluster: &TempCluster| {
+            runtime.block_on(async {
+                let (client, connection) =
+                    tokio_postgres::connect(&cluster.url(), tokio_postgres::NoTls)
+                        .await
+                        .expect("connects");
+                tokio::spawn(connection);
+                let row = client
+                    .query_one(
+                        "SELECT current_setting('fsync'), current_setting('synchronous_commit')",
+                        &[],
+                    )
+                    .await
+                    .expect("query");
+                (row.get::<_, String>(0), row.get::<_, String>(1))
+            })
+        };
+        let durable = TempCluster::start_durable().expect("durable postgres starts");
+        assert_eq!(settings(&durable), ("on".into(), "on".into()));
+        let fast = TempCluster::start().expect("private postgres starts");
+        assert_eq!(settings(&fast), ("off".into(), "off".into()));
     }
 }

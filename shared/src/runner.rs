@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::analyzer::local::LocalAnalyzer;
@@ -286,6 +287,10 @@ struct ChunkQueue {
     open: AtomicUsize,
     /// Chunks already reported as held by another run.
     held: Mutex<HashSet<u32>>,
+    /// Woken when a chunk comes back to the queue or becomes terminal, so
+    /// an idle worker takes the one or ends with the last at once (the film
+    /// is finalized when every worker has ended).
+    changed: Notify,
 }
 
 impl ChunkQueue {
@@ -295,6 +300,7 @@ impl ChunkQueue {
             open: AtomicUsize::new(waiting.len()),
             waiting: Mutex::new(waiting),
             held: Mutex::new(HashSet::new()),
+            changed: Notify::new(),
         }
     }
 
@@ -317,14 +323,34 @@ impl ChunkQueue {
         self.waiting.lock().ok()?.pop_front()
     }
 
+    /// The next chunk to take; while none is waiting but some are still
+    /// open (in other workers' hands), waits until one comes back or the
+    /// last is closed. `None` once every chunk is terminal.
+    async fn next(&self) -> Option<u32> {
+        loop {
+            // Made before looking, so a change in between still wakes it.
+            let changed = self.changed.notified();
+            if self.all_closed() {
+                return None;
+            }
+            if let Some(index) = self.pop() {
+                return Some(index);
+            }
+            // The pause only bounds the wait should a wake-up ever be missed.
+            let _ = tokio::time::timeout(RETRY_PAUSE, changed).await;
+        }
+    }
+
     fn push(&self, index: u32) {
         if let Ok(mut waiting) = self.waiting.lock() {
             waiting.push_back(index);
         }
+        self.changed.notify_waiters();
     }
 
     fn close_one(&self) {
         self.open.fetch_sub(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
     }
 
     fn all_closed(&self) -> bool {
@@ -342,11 +368,7 @@ async fn work(
     on_event: &(dyn Fn(RunEvent) + Send + Sync),
 ) -> Result<(), RunError> {
     let mut db_failures = 0;
-    while !queue.all_closed() {
-        let Some(index) = queue.pop() else {
-            tokio::time::sleep(RETRY_PAUSE / 5).await;
-            continue;
-        };
+    while let Some(index) = queue.next().await {
         let done = match worker::process_chunk(db, analyzer, video_id, index, config).await {
             Ok(done) => {
                 db_failures = 0;
@@ -475,6 +497,27 @@ mod tests {
         ]});
         assert_eq!(finished_chunks(&progress), HashSet::from([0, 2]));
         assert!(finished_chunks(&serde_json::json!({})).is_empty());
+    }
+
+    /// Paused time: a wait that only ended by its timeout would show as
+    /// the clock having moved.
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_worker_wakes_at_once_when_a_chunk_comes_back_or_the_last_one_ends() {
+        let queue = Arc::new(ChunkQueue::new([0, 1]));
+        assert_eq!(queue.next().await, Some(0));
+        assert_eq!(queue.next().await, Some(1));
+        let started = tokio::time::Instant::now();
+        let idle = tokio::spawn({
+            let queue = queue.clone();
+            async move { (queue.next().await, queue.next().await) }
+        });
+        tokio::task::yield_now().await;
+        queue.push(1);
+        queue.close_one();
+        tokio::task::yield_now().await;
+        queue.close_one();
+        assert_eq!(idle.await.unwrap(), (Some(1), None));
+        assert_eq!(started.elapsed(), Duration::ZERO, "a wake-up was missed");
     }
 
     #[test]

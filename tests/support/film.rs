@@ -24,8 +24,9 @@ use shotlist_shared::time::Fps;
 
 /// Bumped whenever the way films are made changes, to retire cached films.
 const GENERATOR_VERSION: u32 = 1;
-/// Frame size: small, so a 49-minute film is made in well under a minute.
-const SIZE: &str = "128x72";
+/// The frame size of [`make_film`]: small, so a 49-minute film is made in
+/// well under a minute.
+pub const SIZE: &str = "128x72";
 /// The tone is on for this long at the start of every period.
 pub const TONE_ON_SECONDS: f64 = 3.0;
 /// The period of the tone pattern.
@@ -98,7 +99,8 @@ pub fn tone_seconds(start: f64, end: f64) -> f64 {
 }
 
 /// Makes (or finds in `dir`) a film of `duration_frames` frames at `fps`
-/// with a new shot at each of `cuts`, with sound when `with_audio`.
+/// with a new shot at each of `cuts`, with sound when `with_audio`, in
+/// frames of [`SIZE`].
 ///
 /// # Panics
 /// When the cuts are not ascending inside `(0, duration_frames)`, or when
@@ -110,6 +112,23 @@ pub fn make_film(
     duration_frames: i64,
     with_audio: bool,
 ) -> Film {
+    make_film_sized(dir, fps, cuts, duration_frames, with_audio, SIZE)
+}
+
+/// [`make_film`] with frames of `size` (`WIDTHxHEIGHT`, e.g. `"640x360"`):
+/// the benchmarks need realistic frames, where decoding costs what it costs
+/// in a real film, rather than fixed costs swamping it.
+///
+/// # Panics
+/// As [`make_film`]; also when ffmpeg rejects `size`.
+pub fn make_film_sized(
+    dir: &Path,
+    fps: Fps,
+    cuts: &[i64],
+    duration_frames: i64,
+    with_audio: bool,
+    size: &str,
+) -> Film {
     assert!(duration_frames > 0, "a film needs frames");
     let mut bounds = vec![0];
     bounds.extend_from_slice(cuts);
@@ -118,7 +137,12 @@ pub fn make_film(
         bounds.windows(2).all(|w| w[0] < w[1]),
         "cuts must ascend inside the film: {cuts:?}"
     );
-    let key = format!("v{GENERATOR_VERSION} {fps} {duration_frames} {with_audio} {cuts:?}");
+    let mut key = format!("v{GENERATOR_VERSION} {fps} {duration_frames} {with_audio} {cuts:?}");
+    // The default size is not in the key, so films cached before sizes
+    // existed keep their names.
+    if size != SIZE {
+        key.push_str(&format!(" {size}"));
+    }
     let path = dir.join(format!("film-{:016x}.mp4", fnv1a(key.as_bytes())));
     let film = Film {
         path,
@@ -132,13 +156,13 @@ pub fn make_film(
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     if !film.path.exists() {
         std::fs::create_dir_all(dir).expect("creating the film folder");
-        generate(&film, &bounds);
+        generate(&film, &bounds, size);
     }
     film
 }
 
 /// Runs ffmpeg to a temporary name beside the film, then renames it.
-fn generate(film: &Film, bounds: &[i64]) {
+fn generate(film: &Film, bounds: &[i64], size: &str) {
     let started = std::time::Instant::now();
     let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
     let temp = film
@@ -147,7 +171,7 @@ fn generate(film: &Film, bounds: &[i64]) {
     let mut command = Command::new("ffmpeg");
     command.args(["-nostdin", "-y", "-v", "error", "-filter_complex"]);
     command
-        .arg(filter_graph(film, bounds))
+        .arg(filter_graph(film, bounds, size))
         .args(["-map", "[v]"]);
     command.args([
         "-c:v",
@@ -191,11 +215,11 @@ fn generate(film: &Film, bounds: &[i64]) {
 }
 
 /// The concat of one segment per shot, plus the tone when asked.
-fn filter_graph(film: &Film, bounds: &[i64]) -> String {
+fn filter_graph(film: &Film, bounds: &[i64], size: &str) -> String {
     let mut graph = String::new();
     let mut labels = String::new();
     for (i, w) in bounds.windows(2).enumerate() {
-        let source = shot_source(i, film.fps);
+        let source = shot_source(i, film.fps, size);
         graph.push_str(&format!(
             "{source},trim=end_frame={},setpts=PTS-STARTPTS[s{i}];",
             w[1] - w[0]
@@ -217,12 +241,12 @@ fn filter_graph(film: &Film, bounds: &[i64]) -> String {
 
 /// Shot `i`: a moving test pattern every seventh shot, between two shots of
 /// the same brightness; otherwise bright and dark colours alternate.
-fn shot_source(i: usize, fps: Fps) -> String {
+fn shot_source(i: usize, fps: Fps, size: &str) -> String {
     if i % 7 == 3 {
-        return format!("testsrc2=s={SIZE}:r={fps},format=yuv420p");
+        return format!("testsrc2=s={size}:r={fps},format=yuv420p");
     }
     let colour = [BRIGHT, DARK][i % 2][(i / 2) % 4];
-    format!("color=c={colour}:s={SIZE}:r={fps},format=yuv420p,noise=alls=6:allf=t")
+    format!("color=c={colour}:s={size}:r={fps},format=yuv420p,noise=alls=6:allf=t")
 }
 
 /// 64-bit FNV-1a: a stable name for a film's parameters.

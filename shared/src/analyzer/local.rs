@@ -30,6 +30,7 @@
 //!   read again from further back, and at last from the film's start.
 
 use std::ffi::OsString;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -67,6 +68,13 @@ pub struct LocalAnalyzer {
     pub timeout: Duration,
     /// The ffmpeg program, looked up on `PATH` unless it has a directory.
     pub ffmpeg: PathBuf,
+    /// ffmpeg's decoding threads (`-threads`) for one chunk; `None` leaves
+    /// ffmpeg's default of about one per core, right for one chunk alone
+    /// on the machine (a Lambda function). When several chunks are analyzed
+    /// at once, [`LocalAnalyzer::threads_sharing_cores`] shares the cores
+    /// out instead: five ffmpegs with a thread per core each oversubscribe
+    /// a small machine, and their threads then cost more than they decode.
+    pub decoder_threads: Option<NonZeroUsize>,
 }
 
 impl Default for LocalAnalyzer {
@@ -77,6 +85,7 @@ impl Default for LocalAnalyzer {
             min_silence_seconds: 0.3,
             timeout: Duration::from_secs(300),
             ffmpeg: PathBuf::from("ffmpeg"),
+            decoder_threads: None,
         }
     }
 }
@@ -163,6 +172,13 @@ impl Window {
 }
 
 impl LocalAnalyzer {
+    /// Decoding threads for each of `concurrency` chunks analyzed at once:
+    /// this machine's cores shared out, at least one each.
+    pub fn threads_sharing_cores(concurrency: usize) -> NonZeroUsize {
+        let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+        NonZeroUsize::new(cores / concurrency.max(1)).unwrap_or(NonZeroUsize::MIN)
+    }
+
     /// Runs ffmpeg over the chunk, reading from further back until the
     /// decoded frames include the one before the chunk.
     async fn measure(
@@ -237,6 +253,9 @@ impl LocalAnalyzer {
         let mut command = ffmpeg::command(&self.ffmpeg, dir);
         command.args(["-nostdin", "-hide_banner", "-nostats", "-loglevel", "error"]);
         command.args(["-copyts", "-start_at_zero"]);
+        if let Some(threads) = self.decoder_threads {
+            command.args(["-threads", &threads.to_string()]);
+        }
         if let Some(seek) = window.seek {
             command.args(["-ss", &format!("{seek:.6}")]);
         }

@@ -70,6 +70,9 @@ pub struct AnalyzerSetup {
     pub chunk_seconds: f64,
     /// The model analyzers' settings (output budget, chunk timeout).
     pub model: ModelSettings,
+    /// ffmpeg's decoding threads per chunk for the cuts (see
+    /// [`LocalAnalyzer::decoder_threads`]); `None` is ffmpeg's default.
+    pub decoder_threads: Option<std::num::NonZeroUsize>,
 }
 
 impl Default for AnalyzerSetup {
@@ -79,6 +82,7 @@ impl Default for AnalyzerSetup {
             scene_threshold: LocalAnalyzer::default().scene_threshold,
             chunk_seconds: crate::plan::PlanParams::default().chunk_seconds,
             model: ModelSettings::default(),
+            decoder_threads: None,
         }
     }
 }
@@ -101,6 +105,7 @@ pub fn build(
     let cuts = LocalAnalyzer {
         scene_threshold: setup.scene_threshold,
         timeout: setup.model.chunk_timeout,
+        decoder_threads: setup.decoder_threads,
         ..LocalAnalyzer::default()
     };
     let var = |name: &str| var(name).filter(|v| !v.trim().is_empty());

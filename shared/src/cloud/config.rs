@@ -75,10 +75,18 @@ pub async fn database() -> Result<Db, ConfigError> {
         .map_err(|e| ConfigError(format!("DATABASE_URL: {e}")))
 }
 
+/// The instance's one SQS client. Building one loads aws-config and the
+/// HTTPS client's trust store, so process-chunk and sweeper, which reach two
+/// queues, build it once; clones share its connections.
+async fn shared_sqs_client() -> aws_sdk_sqs::Client {
+    static CLIENT: tokio::sync::OnceCell<aws_sdk_sqs::Client> = tokio::sync::OnceCell::const_new();
+    CLIENT.get_or_init(|| sqs_client(None)).await.clone()
+}
+
 /// The SQS queue whose URL is in the variable `name`.
 pub async fn queue(name: &str) -> Result<(Arc<dyn MessageQueue>, String), ConfigError> {
     let url = required(name)?;
-    let client = sqs_client(None).await;
+    let client = shared_sqs_client().await;
     let queue_name = queue_name(&url);
     Ok((Arc::new(SqsQueue::new(url, client)), queue_name))
 }
@@ -172,7 +180,7 @@ pub async fn chunk_handler() -> Result<ChunkHandler, ConfigError> {
     // Without the queue's URL, retries wait out its visibility timeout.
     let redelivery = match chunk_queue_url {
         Some(queue_url) => Some(Arc::new(SqsRedelivery {
-            client: sqs_client(None).await,
+            client: shared_sqs_client().await,
             queue_url,
         }) as Arc<dyn Redelivery>),
         None => None,

@@ -267,8 +267,11 @@ impl EventSourceMapping {
 
     /// Polls and invokes until `shutdown` turns `true` (or its sender is
     /// dropped), then waits for the invocations in flight and their deletes.
-    /// A long poll still waiting at shutdown is abandoned: messages it was
-    /// about to return stay invisible until their visibility timeout.
+    /// A long poll still waiting at shutdown is waited for (at most
+    /// `wait_time_seconds`), not dropped: the server would go on waiting for
+    /// a reader that is gone and hide the first message to arrive until its
+    /// visibility timeout. What it returns is made visible again at once,
+    /// for the next reader.
     /// Failed ReceiveMessage calls are logged and retried with a backoff
     /// (up to 10 s), as Lambda keeps polling.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
@@ -287,10 +290,18 @@ impl EventSourceMapping {
                 _ = stopped(&mut shutdown) => break,
                 slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
             };
+            let receive = inner.receive();
+            tokio::pin!(receive);
             let received = tokio::select! {
                 biased;
-                _ = stopped(&mut shutdown) => break,
-                received = inner.receive() => received,
+                received = &mut receive => received,
+                _ = stopped(&mut shutdown) => {
+                    if let Ok(messages) = receive.await {
+                        let messages: Vec<&Message> = messages.iter().collect();
+                        inner.make_visible(&messages, 0).await;
+                    }
+                    break;
+                }
             };
             match received {
                 Err(detail) => {
@@ -360,6 +371,12 @@ impl Inner {
             return;
         };
         let seconds = i32::try_from(after.as_secs()).unwrap_or(i32::MAX);
+        self.make_visible(messages, seconds).await;
+    }
+
+    /// Makes `messages` visible again `seconds` from now; a failure only
+    /// means a message waits out the queue's visibility timeout instead.
+    async fn make_visible(&self, messages: &[&Message], seconds: i32) {
         for message in messages {
             let Some(receipt) = message.receipt_handle() else {
                 continue;
@@ -376,7 +393,7 @@ impl Inner {
                 tracing::warn!(
                     queue = %self.config.queue_url,
                     error = %describe_sdk_error(&e),
-                    "could not shorten a failed message's visibility"
+                    "could not shorten a message's visibility"
                 );
             }
         }
