@@ -35,6 +35,9 @@ use crate::Settings;
 /// Chunks analyzed at once, as in production.
 const CONCURRENCY: usize = 5;
 
+/// The analysis time the issue's targets are stated for.
+const TARGET_SLEEP: Duration = Duration::from_secs(2);
+
 /// An analyzer that takes exactly `sleep` per chunk and finds no cut.
 struct Sleeper {
     sleep: Duration,
@@ -66,11 +69,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Vec<Table>> {
     let (seconds, sleeps, fan_in_films) = if settings.smoke {
         (400, vec![Duration::from_millis(50)], 2)
     } else {
-        (
-            2940,
-            vec![Duration::from_secs(2), Duration::from_millis(500)],
-            20,
-        )
+        (2940, vec![TARGET_SLEEP, Duration::from_millis(500)], 20)
     };
     let film = blank_film(&settings.films, seconds)?;
     let cluster = tokio::task::spawn_blocking(TempCluster::start)
@@ -81,16 +80,8 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Vec<Table>> {
     db.migrate().await?;
 
     let mut table = Table::new(
-        "Pipeline overhead: wall time against ceil(chunks / 5) × L",
-        &[
-            "L (analysis)",
-            "chunks",
-            "ideal",
-            "wall (median)",
-            "wall / ideal",
-            "fan-in p50",
-            "target ≤ 1.05, p50 ≤ 100 ms",
-        ],
+        "Pipeline overhead, local runner: wall time against ceil(chunks / 5) × L",
+        &OVERHEAD_HEADER,
     );
     let mut fan_ins = Vec::new();
     for &sleep in &sleeps {
@@ -98,26 +89,10 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Vec<Table>> {
         for _ in 0..settings.runs {
             runs.push(one_film(&db, &film, sleep).await?);
         }
-        let chunks = runs[0].chunks;
-        let ideal = sleep.as_secs_f64() * f64::from(chunks.div_ceil(CONCURRENCY as u32));
-        let wall = report::median(
-            &runs
-                .iter()
-                .map(|r| r.wall.as_secs_f64())
-                .collect::<Vec<_>>(),
-        );
+        let walls: Vec<f64> = runs.iter().map(|r| r.wall.as_secs_f64()).collect();
         let fan_in: Vec<f64> = runs.iter().map(|r| r.fan_in.as_secs_f64()).collect();
-        let p50 = report::median(&fan_in);
+        table.row(overhead_row(sleep, runs[0].chunks, &walls, &fan_in));
         fan_ins.extend(fan_in);
-        table.row(vec![
-            report::seconds(sleep.as_secs_f64()),
-            chunks.to_string(),
-            report::seconds(ideal),
-            report::seconds(wall),
-            report::ratio(wall, ideal),
-            report::millis(p50),
-            report::met(wall / ideal <= 1.05 && p50 <= 0.1),
-        ]);
     }
     // More films, with a short analysis, only for the fan-in's spread.
     for _ in 0..fan_in_films {
@@ -186,16 +161,8 @@ async fn cloud_shape(
     endpoint: &str,
 ) -> anyhow::Result<Table> {
     let mut table = Table::new(
-        "Pipeline overhead in the cloud shape (submit, SQS, process-chunk ×5, SQS, finalize)",
-        &[
-            "L (analysis)",
-            "chunks",
-            "ideal",
-            "submit to sheet (median)",
-            "wall / ideal",
-            "fan-in p50",
-            "fan-in p99",
-        ],
+        "Pipeline overhead, cloud shape (submit, SQS, process-chunk ×5, SQS, finalize)",
+        &OVERHEAD_HEADER,
     );
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
@@ -206,8 +173,10 @@ async fn cloud_shape(
         .file_name()
         .and_then(|n| n.to_str())
         .context("the film's name is not UTF-8")?;
+    // The longest analysis only, then short ones for the fan-in's spread.
     let rows = sleeps
         .iter()
+        .take(1)
         .map(|&sleep| (sleep, settings.runs))
         .chain([(Duration::from_millis(20), fan_in_films)]);
     for (sleep, films) in rows {
@@ -237,25 +206,16 @@ async fn cloud_shape(
             walls.push(wall);
             fan_ins.push(fan_in);
         }
-        let ideal = sleep.as_secs_f64() * f64::from(chunks.div_ceil(CONCURRENCY as u32));
-        let wall = report::median(&walls);
-        table.row(vec![
-            report::seconds(sleep.as_secs_f64()),
-            chunks.to_string(),
-            report::seconds(ideal),
-            report::seconds(wall),
-            report::ratio(wall, ideal),
-            report::millis(report::median(&fan_ins)),
-            report::millis(report::percentile(&fan_ins, 99.0)),
-        ]);
+        table.row(overhead_row(sleep, chunks, &walls, &fan_ins));
     }
     table.note(format!(
         "The Lambda handlers on this machine with a local SQS server ({endpoint}): a film is \
          submitted through the API handler, each chunk message is received by a poller standing \
          in for Lambda's SQS trigger (at most 5 at once), the commit that finishes the film sends \
          the finalize message, and the finalize handler stores the sheet. Times from the \
-         database's clock: submit to sheet is `videos.created_at` to `sheets.created_at`; fan-in \
-         is the last chunk's commit (`chunks.updated_at`) to `sheets.created_at`. AWS adds its \
+         database's clock: wall time is the submit's commit (`videos.created_at`) to the sheet's \
+         (`sheets.created_at`), the probe before it excluded; fan-in is the last chunk's commit \
+         (`chunks.updated_at`) to `sheets.created_at`. A row with a short L shows the fixed costs. AWS adds its \
          own trigger latency, which no local run can measure."
     ));
     Ok(table)
@@ -298,6 +258,41 @@ async fn database_times(
         .await
         .with_context(|| format!("reading the times of film {video_id}"))?;
     Ok((row.get(0), row.get(1)))
+}
+
+/// The columns of both overhead tables.
+const OVERHEAD_HEADER: [&str; 8] = [
+    "L (analysis)",
+    "chunks",
+    "ideal",
+    "wall (median)",
+    "wall / ideal",
+    "fan-in p50",
+    "fan-in p99",
+    "target ≤ 1.05x, p50 ≤ 100 ms",
+];
+
+/// One row of an overhead table: films of `chunks` chunks analyzed in
+/// `sleep` each, their wall times and fan-in latencies in seconds. The
+/// issue's targets are judged for the L it names (2 s): a shorter L shows
+/// the fixed costs magnified.
+fn overhead_row(sleep: Duration, chunks: u32, walls: &[f64], fan_ins: &[f64]) -> Vec<String> {
+    let ideal = sleep.as_secs_f64() * f64::from(chunks.div_ceil(CONCURRENCY as u32));
+    let (wall, p50) = (report::median(walls), report::median(fan_ins));
+    vec![
+        report::seconds(sleep.as_secs_f64()),
+        chunks.to_string(),
+        report::seconds(ideal),
+        report::seconds(wall),
+        report::ratio(wall, ideal),
+        report::millis(p50),
+        report::millis(report::percentile(fan_ins, 99.0)),
+        if sleep >= TARGET_SLEEP {
+            report::met(wall / ideal <= 1.05 && p50 <= 0.1)
+        } else {
+            "- (L < 2 s)".to_string()
+        },
+    ]
 }
 
 /// Runs one new film through the local runner with a [`Sleeper`].

@@ -28,6 +28,7 @@ use shotlist_shared::analyzer::setup;
 use shotlist_shared::db::{Db, DbError};
 use shotlist_shared::export::{self, ExportError, SheetFiles};
 use shotlist_shared::localdb::{LocalDbError, TempCluster};
+use shotlist_shared::probe;
 use shotlist_shared::runner::{self, RunError};
 use shotlist_shared::sheet::{Sheet, SheetStatus};
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -303,13 +304,37 @@ async fn analyze(
     interrupt: &mut Interrupt,
 ) -> Result<Sheet, CliError> {
     let progress = Progress::new(std::io::stderr().is_terminal());
-    let (db, cluster) = match &settings.database_url {
-        Some(url) => (connect(url, settings, interrupt).await?, None),
+    let (db, cluster, media) = match &settings.database_url {
+        Some(url) => (connect(url, settings, interrupt).await?, None, None),
         None => {
             progress.stage("starting the embedded PostgreSQL");
-            let cluster = start_cluster(interrupt).await?;
+            // The local run probes the film while the database starts: each
+            // takes a noticeable part of a second.
+            let probing = cloud.is_none().then(|| {
+                let film = settings.film.clone();
+                tokio::spawn(async move { probe::probe(&film).await })
+            });
+            let started = async {
+                let cluster = start_cluster(interrupt).await?;
+                let media = match probing {
+                    Some(probing) => match probing.await {
+                        Ok(Ok(media)) => Some(media),
+                        Ok(Err(error)) => {
+                            stop_cluster(cluster).await;
+                            return Err(CliError::Run(error.into()));
+                        }
+                        Err(error) => {
+                            stop_cluster(cluster).await;
+                            return Err(error.into());
+                        }
+                    },
+                    None => None,
+                };
+                Ok((cluster, media))
+            };
+            let (cluster, media) = started.await?;
             match connect(&cluster.url(), settings, interrupt).await {
-                Ok(db) => (db, Some(cluster)),
+                Ok(db) => (db, Some(cluster), media),
                 Err(error) => {
                     stop_cluster(cluster).await;
                     return Err(error);
@@ -326,9 +351,21 @@ async fn analyze(
                     settings.analyzer.kind, budget.chunk_tokens, budget.chunk_input_tokens
                 ));
             }
-            progress.stage("probing the film");
-            match cloud {
-                None => {
+            match (cloud, media) {
+                (None, Some(media)) => {
+                    interrupt
+                        .guard(runner::run_probed(
+                            &db,
+                            &settings.film,
+                            &media,
+                            &settings.options,
+                            built.analyzer,
+                            &|event| progress.on_event(event),
+                        ))
+                        .await
+                }
+                (None, None) => {
+                    progress.stage("probing the film");
                     interrupt
                         .guard(runner::run_with(
                             &db,
@@ -339,7 +376,8 @@ async fn analyze(
                         ))
                         .await
                 }
-                Some(cloud) => {
+                (Some(cloud), _) => {
+                    progress.stage("probing the film");
                     interrupt
                         .guard(through_the_cloud(
                             &db,

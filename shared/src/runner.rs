@@ -21,7 +21,7 @@ use crate::analyzer::local::LocalAnalyzer;
 use crate::analyzer::Analyzer;
 use crate::db::{Db, DbError, RegisteredPlan};
 use crate::plan::{self, PlanError, PlanParams};
-use crate::probe::{self, ProbeError};
+use crate::probe::{self, MediaInfo, ProbeError};
 use crate::sheet::Sheet;
 use crate::worker::{self, Done, WorkerConfig};
 
@@ -131,26 +131,32 @@ pub async fn run_with(
     analyzer: Arc<dyn Analyzer>,
     on_event: &(dyn Fn(RunEvent) + Send + Sync),
 ) -> Result<Sheet, RunError> {
-    if !(1..=64).contains(&options.concurrency) {
-        return Err(RunError::Options(format!(
-            "concurrency must be 1 to 64, got {}",
-            options.concurrency
-        )));
-    }
-    options
-        .plan
-        .validate()
-        .map_err(|e| RunError::Options(e.to_string()))?;
+    check_options(options)?;
     let media = probe::probe(film).await?;
-    check_plan(&media, options.plan)?;
+    run_probed(db, film, &media, options, analyzer, on_event).await
+}
+
+/// [`run_with`] for a film already probed: `media` is what
+/// [`probe::probe`] said of `film` (the caller may have probed it while
+/// something else started, e.g. the embedded database).
+pub async fn run_probed(
+    db: &Db,
+    film: &Path,
+    media: &MediaInfo,
+    options: &RunOptions,
+    analyzer: Arc<dyn Analyzer>,
+    on_event: &(dyn Fn(RunEvent) + Send + Sync),
+) -> Result<Sheet, RunError> {
+    check_options(options)?;
+    check_plan(media, options.plan)?;
     let video_id = options.video_id.unwrap_or_else(Uuid::new_v4);
     let source = film.canonicalize().unwrap_or_else(|_| film.to_path_buf());
     let total = match db
-        .register_film(video_id, &source.to_string_lossy(), &media, options.plan)
+        .register_film(video_id, &source.to_string_lossy(), media, options.plan)
         .await
     {
         Err(DbError::InvalidArgument(reason)) => {
-            return Err(registration_refused(db, video_id, &media, options.plan, reason).await)
+            return Err(registration_refused(db, video_id, media, options.plan, reason).await)
         }
         registered => registered?,
     };
@@ -190,10 +196,25 @@ pub async fn run_with(
     Ok(sheet)
 }
 
+/// Refuses a concurrency or plan the run cannot use.
+fn check_options(options: &RunOptions) -> Result<(), RunError> {
+    if !(1..=64).contains(&options.concurrency) {
+        return Err(RunError::Options(format!(
+            "concurrency must be 1 to 64, got {}",
+            options.concurrency
+        )));
+    }
+    options
+        .plan
+        .validate()
+        .map(drop)
+        .map_err(|e| RunError::Options(e.to_string()))
+}
+
 /// Refuses chunks so short that the film would need more than
 /// [`plan::MAX_CHUNKS`], naming the flags that set them: the database
 /// refuses such a plan too, but in the words of its own arguments.
-fn check_plan(media: &crate::probe::MediaInfo, params: PlanParams) -> Result<(), RunError> {
+fn check_plan(media: &MediaInfo, params: PlanParams) -> Result<(), RunError> {
     let duration = plan::duration_seconds(media.duration_frames, media.fps);
     match plan::chunk_count(duration, params) {
         Err(PlanError::TooManyChunks { chunks, .. }) => Err(RunError::Options(format!(
@@ -214,7 +235,7 @@ fn check_plan(media: &crate::probe::MediaInfo, params: PlanParams) -> Result<(),
 async fn registration_refused(
     db: &Db,
     video_id: Uuid,
-    media: &crate::probe::MediaInfo,
+    media: &MediaInfo,
     plan: PlanParams,
     reason: String,
 ) -> RunError {
