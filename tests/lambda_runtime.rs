@@ -1,9 +1,9 @@
 //! The compiled Lambda functions serve real invocations through the Lambda
 //! Runtime API, as they will on AWS.
 //!
-//! Each test starts a fake Runtime API on 127.0.0.1 (the HTTP protocol
-//! lambda_runtime speaks: `GET /runtime/invocation/next` as a long poll, then
-//! `POST /runtime/invocation/{id}/response` or `/error`, and
+//! Each test starts a fake Runtime API on 127.0.0.1
+//! ([`shotlist_tests::runtime_api`]: `GET /runtime/invocation/next` as a
+//! long poll, then `POST /runtime/invocation/{id}/response` or `/error`, and
 //! `POST /runtime/init/error`), runs a function binary against it with the
 //! environment Lambda gives (`AWS_LAMBDA_RUNTIME_API` and the rest) and the
 //! function's own configuration, queues events and reads what the function
@@ -19,12 +19,6 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::body::Bytes;
-use axum::extract::{Path as UrlPath, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde_json::{json, Value};
 use shotlist_shared::cloud::auth::{now_epoch, sign, Claims};
 use shotlist_shared::db::{Claim, Db, Outcome};
@@ -34,9 +28,9 @@ use shotlist_shared::time::Fps;
 use shotlist_tests::exact::exact_shots;
 use shotlist_tests::fixtures;
 use shotlist_tests::pg::fresh_db;
+use shotlist_tests::runtime_api::{Posted, RuntimeApi};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
-use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
@@ -58,207 +52,6 @@ const FAKE_DB_PASSWORD: &str = "Fake-DB-Passw0rd-4c1d9e77";
 /// first half, and in the second chunk alone.
 const FILM_FRAMES: i64 = 5_000;
 const CUTS: [i64; 3] = [1_000, 4_200, 4_600];
-
-// ---------------------------------------------------------------------------
-// The fake Lambda Runtime API
-// ---------------------------------------------------------------------------
-
-/// What a function posted back for one invocation.
-#[derive(Debug, Clone, PartialEq)]
-enum Posted {
-    /// `POST /runtime/invocation/{id}/response`: the body, as JSON.
-    Response(Value),
-    /// `POST /runtime/invocation/{id}/error`: the error type header and body.
-    Error {
-        error_type: Option<String>,
-        body: String,
-    },
-}
-
-/// Everything the fake Runtime API saw.
-#[derive(Debug, Default)]
-struct Recorded {
-    /// Answers by request id, in the order they came.
-    posted: Vec<(String, Posted)>,
-    /// Bodies of `POST /runtime/init/error`.
-    init_errors: Vec<String>,
-    /// `GET /runtime/invocation/next` calls started.
-    polls: usize,
-    /// Requests the Runtime API does not know, or a second answer to one
-    /// invocation.
-    unexpected: Vec<String>,
-}
-
-impl Recorded {
-    fn answer(&self, id: &str) -> Option<&Posted> {
-        self.posted.iter().find(|(i, _)| i == id).map(|(_, p)| p)
-    }
-}
-
-struct Shared {
-    /// Events waiting for a `/next` poll: request id and payload.
-    pending: tokio::sync::Mutex<mpsc::UnboundedReceiver<(String, Value)>>,
-    recorded: watch::Sender<Recorded>,
-}
-
-/// A fake Lambda Runtime API on 127.0.0.1, for one function instance.
-struct RuntimeApi {
-    address: String,
-    events: mpsc::UnboundedSender<(String, Value)>,
-    shared: Arc<Shared>,
-    server: JoinHandle<()>,
-}
-
-impl Drop for RuntimeApi {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
-}
-
-impl RuntimeApi {
-    async fn start() -> RuntimeApi {
-        let (events, pending) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared {
-            pending: tokio::sync::Mutex::new(pending),
-            recorded: watch::Sender::new(Recorded::default()),
-        });
-        let app = Router::new()
-            .route("/2018-06-01/runtime/invocation/next", get(next_event))
-            .route(
-                "/2018-06-01/runtime/invocation/{id}/response",
-                post(invocation_response),
-            )
-            .route(
-                "/2018-06-01/runtime/invocation/{id}/error",
-                post(invocation_error),
-            )
-            .route("/2018-06-01/runtime/init/error", post(init_error))
-            .fallback(unexpected)
-            .with_state(shared.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the fake Runtime API on 127.0.0.1");
-        let address = listener
-            .local_addr()
-            .expect("the fake Runtime API's address")
-            .to_string();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .await
-                .expect("the fake Runtime API stopped");
-        });
-        RuntimeApi {
-            address,
-            events,
-            shared,
-            server,
-        }
-    }
-
-    /// Queues `event` for the next poll; returns its request id.
-    fn queue(&self, event: Value) -> String {
-        let id = Uuid::new_v4().to_string();
-        self.events
-            .send((id.clone(), event))
-            .expect("the fake Runtime API holds the receiver");
-        id
-    }
-
-    fn watch(&self) -> watch::Receiver<Recorded> {
-        self.shared.recorded.subscribe()
-    }
-
-    fn polls(&self) -> usize {
-        self.shared.recorded.borrow().polls
-    }
-
-    fn init_errors(&self) -> Vec<String> {
-        self.shared.recorded.borrow().init_errors.clone()
-    }
-}
-
-fn epoch_millis(at: SystemTime) -> u128 {
-    at.duration_since(UNIX_EPOCH)
-        .expect("the clock is after 1970")
-        .as_millis()
-}
-
-/// `GET /runtime/invocation/next`: the next event, waiting for one as long
-/// as it takes.
-async fn next_event(State(shared): State<Arc<Shared>>) -> Response {
-    shared.recorded.send_modify(|r| r.polls += 1);
-    let mut pending = shared.pending.lock().await;
-    let Some((id, event)) = pending.recv().await else {
-        return StatusCode::GONE.into_response();
-    };
-    let deadline = epoch_millis(SystemTime::now() + Duration::from_secs(300));
-    let headers = [
-        ("lambda-runtime-aws-request-id", id),
-        ("lambda-runtime-deadline-ms", deadline.to_string()),
-        (
-            "lambda-runtime-invoked-function-arn",
-            "arn:aws:lambda:us-east-1:123456789012:function:shotlist-test".to_string(),
-        ),
-        (
-            "lambda-runtime-trace-id",
-            "Root=1-6b1307e0-0f1e2d3c4b5a69788796a5b4;Parent=53995c3f42cd8ad8;Sampled=0"
-                .to_string(),
-        ),
-    ];
-    (headers, Json(event)).into_response()
-}
-
-fn record(shared: &Shared, id: String, posted: Posted) {
-    shared.recorded.send_modify(|r| {
-        if r.answer(&id).is_some() {
-            r.unexpected
-                .push(format!("a second answer to invocation {id}: {posted:?}"));
-        } else {
-            r.posted.push((id, posted));
-        }
-    });
-}
-
-/// `POST /runtime/invocation/{id}/response`.
-async fn invocation_response(
-    State(shared): State<Arc<Shared>>,
-    UrlPath(id): UrlPath<String>,
-    body: Bytes,
-) -> StatusCode {
-    let value = serde_json::from_slice(&body)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
-    record(&shared, id, Posted::Response(value));
-    StatusCode::ACCEPTED
-}
-
-/// `POST /runtime/invocation/{id}/error`.
-async fn invocation_error(
-    State(shared): State<Arc<Shared>>,
-    UrlPath(id): UrlPath<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> StatusCode {
-    let error_type = headers
-        .get("lambda-runtime-function-error-type")
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    let body = String::from_utf8_lossy(&body).into_owned();
-    record(&shared, id, Posted::Error { error_type, body });
-    StatusCode::ACCEPTED
-}
-
-/// `POST /runtime/init/error`.
-async fn init_error(State(shared): State<Arc<Shared>>, body: Bytes) -> StatusCode {
-    let body = String::from_utf8_lossy(&body).into_owned();
-    shared.recorded.send_modify(|r| r.init_errors.push(body));
-    StatusCode::ACCEPTED
-}
-
-async fn unexpected(State(shared): State<Arc<Shared>>, method: Method, uri: Uri) -> StatusCode {
-    shared
-        .recorded
-        .send_modify(|r| r.unexpected.push(format!("{method} {uri}")));
-    StatusCode::NOT_FOUND
-}
 
 // ---------------------------------------------------------------------------
 // A function binary run against the fake Runtime API
@@ -331,27 +124,13 @@ impl Function {
     /// Starts binary `name` with Lambda's environment and `config`, and
     /// nothing else from the test's environment.
     async fn start(name: &'static str, config: &[(&str, &str)]) -> Function {
-        let api = RuntimeApi::start().await;
+        let api = RuntimeApi::start()
+            .await
+            .expect("the fake Runtime API on 127.0.0.1");
         let mut command = Command::new(binary(name));
         command
             .env_clear()
-            .env("AWS_LAMBDA_RUNTIME_API", &api.address)
-            .env("AWS_LAMBDA_FUNCTION_NAME", format!("shotlist-{name}"))
-            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024")
-            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-            .env(
-                "AWS_LAMBDA_LOG_STREAM_NAME",
-                "2026/01/01/[$LATEST]0123456789abcdef",
-            )
-            .env(
-                "AWS_LAMBDA_LOG_GROUP_NAME",
-                format!("/aws/lambda/shotlist-{name}"),
-            )
-            // The AWS SDK must find everything here and look nowhere else.
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_REGION", "us-east-1")
+            .envs(api.lambda_env(name))
             .env("RUST_LOG", "info")
             .envs(config.iter().copied())
             .stdin(Stdio::null())
@@ -499,7 +278,7 @@ impl Function {
         let mut recorded = self.api.watch();
         let polled = tokio::time::timeout(
             Duration::from_secs(10),
-            recorded.wait_for(|r| r.polls > invocations),
+            recorded.wait_for(|r| r.polls.len() > invocations),
         )
         .await;
         assert!(
@@ -511,7 +290,7 @@ impl Function {
         let recorded = self.api.watch();
         let recorded = recorded.borrow();
         assert_eq!(
-            recorded.polls,
+            recorded.polls.len(),
             invocations + 1,
             "one poll per invocation and one waiting"
         );
@@ -560,6 +339,12 @@ fn sqs_event(messages: &[(&str, String)]) -> Value {
         })
         .collect();
     json!({ "Records": records })
+}
+
+fn epoch_millis(at: SystemTime) -> u128 {
+    at.duration_since(UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_millis()
 }
 
 /// An API Gateway HTTP API (payload 2.0) event for `method path`, routed by

@@ -14,17 +14,10 @@ use aws_lambda_events::event::apigw::ApiGatewayV2httpRequest;
 use aws_lambda_events::event::sqs::SqsEvent;
 use serde_json::{json, Map, Value};
 use shotlist_shared::cloud::messages::{ChunkMessage, FinalizeMessage};
+use shotlist_tests::FUNCTIONS;
 use uuid::Uuid;
 
-/// The function binaries and the routes each one serves.
-const FUNCTIONS: [&str; 6] = [
-    "process-chunk",
-    "finalize",
-    "force-finalize",
-    "submit",
-    "status",
-    "sweeper",
-];
+/// The HTTP API's routes and the function that serves each.
 const ROUTES: [(&str, &str, &str); 4] = [
     ("POST", "/videos", "submit"),
     ("GET", "/videos/{id}", "status"),

@@ -22,15 +22,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
-use axum::body::Bytes;
-use axum::extract::{Path as UrlPath, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde_json::{json, Value};
 use shotlist_shared::db::{Claim, Db, Outcome};
 use shotlist_shared::localdb::TempCluster;
@@ -41,23 +35,14 @@ use shotlist_tests::cloud::{chunk_body, sqs_record};
 use shotlist_tests::exact::exact_shots;
 use shotlist_tests::film::{cuts_49_minutes, make_film_sized, Film};
 use shotlist_tests::fixtures;
+use shotlist_tests::runtime_api::{Posted, Recorded, RuntimeApi};
+use shotlist_tests::tls_pg::TlsPostgres;
+use shotlist_tests::FUNCTIONS;
 use tokio::process::{Child, Command};
-use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::report::{self, Table};
 use crate::Settings;
-
-/// The six function binaries, in the order the tables list them.
-const FUNCTIONS: [&str; 6] = [
-    "process-chunk",
-    "finalize",
-    "force-finalize",
-    "submit",
-    "status",
-    "sweeper",
-];
 
 /// The issue's targets.
 const START_TARGET: Duration = Duration::from_millis(20);
@@ -135,10 +120,7 @@ async fn sizes_and_starts(
     for (name, path) in binaries {
         let size = file_size(path)?;
         let stripped = stripped_size(path, &env.home)?;
-        let mut times = Vec::with_capacity(starts);
-        for _ in 0..starts {
-            times.push(start_time(name, path, env).await?.as_secs_f64());
-        }
+        let times = start_times(name, path, env, &[], starts).await?;
         let p50 = report::median(&times);
         table.row(vec![
             name.to_string(),
@@ -149,6 +131,22 @@ async fn sizes_and_starts(
             target(settings, p50 <= START_TARGET.as_secs_f64()),
         ]);
     }
+    let process_chunk = binaries
+        .iter()
+        .find(|(name, _)| *name == "process-chunk")
+        .map(|(_, path)| path.as_path())
+        .context("no process-chunk binary")?;
+    let times = tls_start_times(process_chunk, env, starts).await?;
+    let p50 = report::median(&times);
+    table.row(vec![
+        "process-chunk, database over TLS (sslmode=require, DATABASE_CA_CERT, local server)"
+            .to_string(),
+        "-".to_string(),
+        "-".to_string(),
+        report::millis(p50),
+        report::millis(report::percentile(&times, 90.0)),
+        target(settings, p50 <= START_TARGET.as_secs_f64()),
+    ]);
     table.note(format!(
         "{} build{}: `size` is the file `cargo build{} --workspace --bins` leaves \
          (Cargo's {} profile as the workspace sets it); `stripped` is a copy after \
@@ -174,23 +172,85 @@ async fn sizes_and_starts(
          pool and builds its SQS client. Building the pool's native-tls connector used to take \
          most of it (OpenSSL parses the system CA bundle twice: about 40 ms of the 45 ms of CPU \
          a start took here); it is now built by the first connection that negotiates TLS, and \
-         process-chunk and sweeper share one SQS client. Here the database is a unix socket, \
-         so no TLS; against Supabase (`sslmode=require`) the first connection pays that load \
-         again, plus the TCP, TLS and authentication round trips, which this bench cannot \
-         measure.",
+         process-chunk and sweeper share one SQS client. On a unix socket no TLS is \
+         negotiated; against Supabase (`sslmode=require`) the first connection pays that load \
+         again, plus the TLS handshake: the `database over TLS` row measures both.",
     );
+    table.note(format!(
+        "database over TLS: process-chunk started the same way ({starts} starts) but with \
+         `DATABASE_URL=postgresql://postgres@127.0.0.1:PORT/postgres?sslmode=require` and \
+         `DATABASE_CA_CERT` naming the CA that signed the server's certificate \
+         (shotlist_tests::tls_pg: a private PostgreSQL on 127.0.0.1 whose pg_hba.conf rejects \
+         connections without TLS; RSA-2048 keys made by `openssl`). Its first connection loads \
+         the system trust store and the CA file (native-tls, OpenSSL), and does a TCP connect \
+         and a verified TLS handshake. Not included: the network round trips to a remote \
+         server and password authentication (the local server trusts the TLS connection; \
+         Supabase asks for SCRAM-SHA-256)."
+    ));
     Ok(table)
 }
 
+/// The start times of `starts` starts of function `name`, one at a time,
+/// in seconds.
+async fn start_times(
+    name: &str,
+    path: &Path,
+    env: &Environment,
+    extra: &[(&str, &str)],
+    starts: usize,
+) -> anyhow::Result<Vec<f64>> {
+    let mut times = Vec::with_capacity(starts);
+    for _ in 0..starts {
+        times.push(start_time(name, path, env, extra).await?.as_secs_f64());
+    }
+    Ok(times)
+}
+
+/// The start times of process-chunk when its database asks for TLS, as
+/// Supabase's does: against a private server that takes only TLS, trusted
+/// through `DATABASE_CA_CERT`.
+async fn tls_start_times(
+    process_chunk: &Path,
+    env: &Environment,
+    starts: usize,
+) -> anyhow::Result<Vec<f64>> {
+    let server = tokio::task::spawn_blocking(TlsPostgres::start)
+        .await
+        .context("starting a PostgreSQL that takes only TLS (see the panic above)")?;
+    let url = server.url("require");
+    let ca = server.ca().to_string_lossy().into_owned();
+    let extra = [
+        ("DATABASE_URL", url.as_str()),
+        ("DATABASE_CA_CERT", ca.as_str()),
+    ];
+    start_times("process-chunk", process_chunk, env, &extra, starts)
+        .await
+        .with_context(|| {
+            format!(
+                "process-chunk over TLS; the server's log:\n{}",
+                server.log()
+            )
+        })
+}
+
 /// Starts function `name` with nothing to do and answers how long it took
-/// to ask for its first event.
-async fn start_time(name: &str, path: &Path, env: &Environment) -> anyhow::Result<Duration> {
-    let api = RuntimeApi::start().await?;
+/// to ask for its first event. `extra` is added to its environment.
+async fn start_time(
+    name: &str,
+    path: &Path,
+    env: &Environment,
+    extra: &[(&str, &str)],
+) -> anyhow::Result<Duration> {
+    let api = RuntimeApi::start()
+        .await
+        .context("serving a Runtime API on 127.0.0.1")?;
+    let mut recorded = api.watch();
     let started = Instant::now();
-    let mut function = Function::spawn(name, path, &api, env, &[])?;
-    let mut polled = api.state.first_poll.subscribe();
+    let mut function = Function::spawn(name, path, &api, env, extra)?;
     let first_poll = tokio::select! {
-        at = polled.wait_for(Option::is_some) => at.ok().and_then(|at| *at),
+        recorded = recorded.wait_for(|r| !r.polls.is_empty() || !r.init_errors.is_empty()) => {
+            recorded.ok().and_then(|r| r.polls.first().copied())
+        }
         status = function.child.wait() => {
             bail!(
                 "the {name} function exited ({}) before asking for an event\n{}",
@@ -205,14 +265,17 @@ async fn start_time(name: &str, path: &Path, env: &Environment) -> anyhow::Resul
             )
         }
     };
-    let first_poll = first_poll.context("the Runtime API's poll record was lost")?;
-    let init_errors = api.answers().iter().filter(|a| a.is_init_error()).count();
+    let output = function.output_tail();
     function.stop().await;
+    let recorded = api.recorded();
     ensure!(
-        init_errors == 0,
-        "the {name} function reported an init error: {:?}",
-        api.answers()
+        recorded.init_errors.is_empty() && recorded.unexpected.is_empty(),
+        "the {name} function reported an init error or made a request the Runtime API does \
+         not know: {:?} {:?}\n{output}",
+        recorded.init_errors,
+        recorded.unexpected
     );
+    let first_poll = first_poll.context("the Runtime API's record of the first poll was lost")?;
     Ok(first_poll.saturating_duration_since(started))
 }
 
@@ -580,7 +643,9 @@ async fn invoke_once(
     env: &Environment,
     event: Value,
 ) -> anyhow::Result<(Value, Peak)> {
-    let api = RuntimeApi::start().await?;
+    let api = RuntimeApi::start()
+        .await
+        .context("serving a Runtime API on 127.0.0.1")?;
     let request_id = api.queue(event);
     let started = Instant::now();
     let mut function = Function::spawn(name, binary, &api, env, &[])?;
@@ -589,10 +654,12 @@ async fn invoke_once(
         .id()
         .context("the function has no process id")?;
     let sampler = TreeSampler::start(pid);
-    let mut answers = api.state.answers.subscribe();
-    let answer = tokio::select! {
-        answers = answers.wait_for(|a| a.iter().any(|a| a.request_id == request_id || a.is_init_error())) => {
-            answers.ok().and_then(|a| a.iter().find(|a| a.request_id == request_id || a.is_init_error()).cloned())
+    let mut recorded = api.watch();
+    let answered_or_failed =
+        |r: &Recorded| r.answer(&request_id).is_some() || !r.init_errors.is_empty();
+    tokio::select! {
+        recorded = recorded.wait_for(answered_or_failed) => {
+            recorded.context("the Runtime API stopped recording")?;
         }
         status = function.child.wait() => {
             let _ = sampler.finish();
@@ -617,14 +684,17 @@ async fn invoke_once(
     function.stop().await;
     let own_bytes = own.with_context(|| format!("reading the {name} function's VmHWM"))?;
     let tree = tree?;
-    let body = match answer.context("the Runtime API lost the answer")?.kind {
-        AnswerKind::Response(body) => body,
-        AnswerKind::Error(body) => {
-            bail!("the {name} function posted an invocation error: {body}\n{output}")
-        }
-        AnswerKind::InitError(body) => {
-            bail!("the {name} function posted an init error: {body}\n{output}")
-        }
+    let recorded = api.recorded();
+    if let Some(init_error) = recorded.init_errors.first() {
+        bail!("the {name} function posted an init error: {init_error}\n{output}");
+    }
+    let body = match recorded.answer(&request_id) {
+        Some(Posted::Response(body)) => body.clone(),
+        Some(Posted::Error { error_type, body }) => bail!(
+            "the {name} function posted an invocation error ({}): {body}\n{output}",
+            error_type.as_deref().unwrap_or("no error type")
+        ),
+        None => bail!("the Runtime API lost the {name} function's answer\n{output}"),
     };
     let peak = Peak {
         answered,
@@ -786,22 +856,7 @@ impl Function {
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", &env.home)
-            .env("AWS_LAMBDA_RUNTIME_API", &api.address)
-            .env("AWS_LAMBDA_FUNCTION_NAME", format!("shotlist-{name}"))
-            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024")
-            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-            .env(
-                "AWS_LAMBDA_LOG_STREAM_NAME",
-                "2026/01/01/[$LATEST]0123456789abcdef",
-            )
-            .env(
-                "AWS_LAMBDA_LOG_GROUP_NAME",
-                format!("/aws/lambda/shotlist-{name}"),
-            )
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("AWS_ACCESS_KEY_ID", "bench")
-            .env("AWS_SECRET_ACCESS_KEY", "bench")
-            .env("AWS_REGION", "us-east-1")
+            .envs(api.lambda_env(name))
             .env("AWS_ENDPOINT_URL_SQS", SQS_ENDPOINT)
             .env("RUST_LOG", "info")
             .env("DATABASE_URL", &env.database_url)
@@ -832,173 +887,6 @@ impl Function {
         // It may have exited already; either way it is gone afterwards.
         let _ = self.child.kill().await;
     }
-}
-
-// ---------------------------------------------------------------------------
-// The Runtime API
-// ---------------------------------------------------------------------------
-
-/// What a function posted back.
-#[derive(Debug, Clone)]
-struct Answer {
-    request_id: String,
-    kind: AnswerKind,
-}
-
-#[derive(Debug, Clone)]
-enum AnswerKind {
-    Response(Value),
-    Error(String),
-    InitError(String),
-}
-
-impl Answer {
-    fn is_init_error(&self) -> bool {
-        matches!(self.kind, AnswerKind::InitError(_))
-    }
-}
-
-struct ApiState {
-    /// When the first `GET .../invocation/next` arrived.
-    first_poll: watch::Sender<Option<Instant>>,
-    /// Events waiting for a poll: request id and payload.
-    pending: tokio::sync::Mutex<mpsc::UnboundedReceiver<(String, Value)>>,
-    answers: watch::Sender<Vec<Answer>>,
-}
-
-/// A Lambda Runtime API on 127.0.0.1 for one function instance.
-struct RuntimeApi {
-    address: String,
-    events: mpsc::UnboundedSender<(String, Value)>,
-    state: Arc<ApiState>,
-    server: JoinHandle<()>,
-}
-
-impl Drop for RuntimeApi {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
-}
-
-impl RuntimeApi {
-    async fn start() -> anyhow::Result<RuntimeApi> {
-        let (events, pending) = mpsc::unbounded_channel();
-        let state = Arc::new(ApiState {
-            first_poll: watch::Sender::new(None),
-            pending: tokio::sync::Mutex::new(pending),
-            answers: watch::Sender::new(Vec::new()),
-        });
-        let app = Router::new()
-            .route("/2018-06-01/runtime/invocation/next", get(next_event))
-            .route(
-                "/2018-06-01/runtime/invocation/{id}/response",
-                post(invocation_response),
-            )
-            .route(
-                "/2018-06-01/runtime/invocation/{id}/error",
-                post(invocation_error),
-            )
-            .route("/2018-06-01/runtime/init/error", post(init_error))
-            .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .context("binding the Runtime API on 127.0.0.1")?;
-        let address = listener.local_addr()?.to_string();
-        let server = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                eprintln!("shotlist-bench: the fake Runtime API stopped: {e}");
-            }
-        });
-        Ok(RuntimeApi {
-            address,
-            events,
-            state,
-            server,
-        })
-    }
-
-    /// Queues `event` for the next poll; answers its request id.
-    fn queue(&self, event: Value) -> String {
-        let id = Uuid::new_v4().to_string();
-        // The server holds the receiver for as long as `self` lives.
-        let _ = self.events.send((id.clone(), event));
-        id
-    }
-
-    fn answers(&self) -> Vec<Answer> {
-        self.state.answers.borrow().clone()
-    }
-}
-
-/// `GET /runtime/invocation/next`: the next event, waiting for one as long
-/// as it takes.
-async fn next_event(State(state): State<Arc<ApiState>>) -> Response {
-    let now = Instant::now();
-    state.first_poll.send_if_modified(|first| {
-        let unset = first.is_none();
-        first.get_or_insert(now);
-        unset
-    });
-    let mut pending = state.pending.lock().await;
-    let Some((id, event)) = pending.recv().await else {
-        return StatusCode::GONE.into_response();
-    };
-    let deadline = SystemTime::now() + Duration::from_secs(900);
-    let deadline_ms = deadline
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis();
-    let headers = [
-        ("lambda-runtime-aws-request-id", id),
-        ("lambda-runtime-deadline-ms", deadline_ms.to_string()),
-        (
-            "lambda-runtime-invoked-function-arn",
-            "arn:aws:lambda:us-east-1:000000000000:function:shotlist-bench".to_string(),
-        ),
-        (
-            "lambda-runtime-trace-id",
-            "Root=1-00000000-000000000000000000000000;Sampled=0".to_string(),
-        ),
-    ];
-    (headers, Json(event)).into_response()
-}
-
-fn record(state: &ApiState, request_id: String, kind: AnswerKind) {
-    state
-        .answers
-        .send_modify(|answers| answers.push(Answer { request_id, kind }));
-}
-
-async fn invocation_response(
-    State(state): State<Arc<ApiState>>,
-    UrlPath(id): UrlPath<String>,
-    body: Bytes,
-) -> StatusCode {
-    let value = serde_json::from_slice(&body)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
-    record(&state, id, AnswerKind::Response(value));
-    StatusCode::ACCEPTED
-}
-
-async fn invocation_error(
-    State(state): State<Arc<ApiState>>,
-    UrlPath(id): UrlPath<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> StatusCode {
-    let error_type = headers
-        .get("lambda-runtime-function-error-type")
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        .unwrap_or_default();
-    let text = format!("{error_type}: {}", String::from_utf8_lossy(&body));
-    record(&state, id, AnswerKind::Error(text));
-    StatusCode::ACCEPTED
-}
-
-async fn init_error(State(state): State<Arc<ApiState>>, body: Bytes) -> StatusCode {
-    let text = String::from_utf8_lossy(&body).into_owned();
-    record(&state, String::new(), AnswerKind::InitError(text));
-    StatusCode::ACCEPTED
 }
 
 // ---------------------------------------------------------------------------

@@ -14,11 +14,24 @@
 //! root, both run as the `postgres` system user (which Debian's `postgresql`
 //! package creates), and the folder is handed to that user.
 //!
-//! Starting takes about a second and blocks the calling thread; from async
-//! code, call it through `tokio::task::spawn_blocking`.
+//! `initdb` is most of a start's cost, and its output depends only on the
+//! PostgreSQL installation and its arguments. So the first start keeps a
+//! never-started copy of the fresh data directory, a *template*, in
+//! `$XDG_CACHE_HOME/shotlist/pg-template` (else `~/.cache/shotlist/...`),
+//! and later starts copy it (`cp -a`, keeping owners and modes) instead of
+//! running `initdb`. A template appears only whole (made beside its place,
+//! then renamed into it); a cluster always runs on its own copy; and any
+//! trouble with the cache costs only speed: an unusable cache means a plain
+//! `initdb`, and a template whose copy does not start is thrown away and made
+//! again.
+//!
+//! Starting takes a few tenths of a second with a template (about a second
+//! without) and blocks the calling thread; from async code, call it through
+//! `tokio::task::spawn_blocking`.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -53,6 +66,22 @@ const MAX_SOCKET_PATH: usize = 107;
 
 /// How many lines of a log an error quotes.
 const LOG_TAIL_LINES: usize = 5;
+
+/// `initdb`'s settings. They are part of a template's key, so changing them
+/// never reuses a template made with the old ones.
+const INITDB_ARGS: [&str; 7] = [
+    "-U",
+    "postgres",
+    "--auth=trust",
+    "-E",
+    "UTF8",
+    "--no-locale",
+    "--no-sync",
+];
+
+/// Bump when templates must be made again for a reason their key does not
+/// see (the server's folder, [`INITDB_ARGS`] and the owner are in it).
+const TEMPLATE_GENERATION: u32 = 1;
 
 /// The message for a machine without PostgreSQL's server binaries.
 const NOT_INSTALLED: &str =
@@ -134,11 +163,13 @@ impl TempCluster {
     /// Creates a cluster in a new temporary folder, starts its server and
     /// waits (at most 30 s) until it accepts connections.
     ///
-    /// Blocks for about a second. Errors say what is missing (PostgreSQL not
-    /// installed, no `postgres` user when root) or quote the tail of
-    /// `initdb`'s output or of the server log.
+    /// Blocks for a few tenths of a second when a cached `initdb` template
+    /// exists, about a second when it must be made (see the module docs).
+    /// Errors say what is missing (PostgreSQL not installed, no `postgres`
+    /// user when root) or quote the tail of `initdb`'s output or of the
+    /// server log; a problem with the template cache alone is never one.
     pub fn start() -> Result<TempCluster, LocalDbError> {
-        TempCluster::start_with(false)
+        TempCluster::start_in(default_template_root().as_deref(), false)
     }
 
     /// Starts a cluster as [`TempCluster::start`] does, but with PostgreSQL's
@@ -147,27 +178,75 @@ impl TempCluster {
     /// as on a production server. Command-line settings outrank `ALTER
     /// SYSTEM`, so this cannot be switched on later.
     pub fn start_durable() -> Result<TempCluster, LocalDbError> {
-        TempCluster::start_with(true)
+        TempCluster::start_in(default_template_root().as_deref(), true)
     }
 
-    fn start_with(durable: bool) -> Result<TempCluster, LocalDbError> {
+    /// Starts a cluster, keeping `initdb` templates under `templates` (no
+    /// cache when `None`). Tests pass their own folder so they never touch
+    /// the real cache.
+    fn start_in(templates: Option<&Path>, durable: bool) -> Result<TempCluster, LocalDbError> {
+        let started = Instant::now();
         let bin = find_bindir().ok_or(LocalDbError::NotInstalled)?;
         let run_as = run_as()?;
-        let dir = make_dir(run_as)?;
-        let socket = dir.path().join(format!(".s.PGSQL.{PORT}"));
-        if socket.as_os_str().len() > MAX_SOCKET_PATH {
-            return Err(LocalDbError::SocketPathTooLong(dir.path().to_path_buf()));
+        let template = templates.map(|root| Template::new(root, &bin, run_as));
+        if let Some(template) = &template {
+            let dir = make_dir(run_as)?;
+            if template.copy_to(&dir.path().join("data")) {
+                match TempCluster::launch(&bin, dir, run_as, durable) {
+                    Ok(cluster) => {
+                        cluster.log_started(true, started);
+                        return Ok(cluster);
+                    }
+                    Err(error) => {
+                        tracing::debug!(
+                            %error,
+                            template = %template.path.display(),
+                            "a cluster copied from the initdb template did not start; making it again"
+                        );
+                        template.discard();
+                    }
+                }
+            }
         }
+        let dir = make_dir(run_as)?;
         initdb(&bin, dir.path(), run_as)?;
-        let server = spawn_server(&bin, dir.path(), run_as, durable)?;
+        if let Some(template) = &template {
+            // Before the server first touches the data, so the template is
+            // exactly what initdb made.
+            template.store(&dir.path().join("data"));
+        }
+        let cluster = TempCluster::launch(&bin, dir, run_as, durable)?;
+        cluster.log_started(false, started);
+        Ok(cluster)
+    }
+
+    /// Starts the server on the data directory in `dir` and waits until it
+    /// accepts connections; on an error, the cluster is stopped and `dir`
+    /// removed.
+    fn launch(
+        bin: &Path,
+        dir: TempDir,
+        run_as: Option<RunAs>,
+        durable: bool,
+    ) -> Result<TempCluster, LocalDbError> {
+        let server = spawn_server(bin, dir.path(), run_as, durable)?;
         let mut cluster = TempCluster {
             server,
             durable,
             dir,
         };
         cluster.wait_ready()?;
-        tracing::debug!(dir = %cluster.dir.path().display(), "private postgres started");
         Ok(cluster)
+    }
+
+    fn log_started(&self, from_template: bool, started: Instant) {
+        // `dir` goes last: tests read the folder from the end of this line.
+        tracing::debug!(
+            from_template,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            dir = %self.dir.path().display(),
+            "private postgres started"
+        );
     }
 
     /// The folder holding the data directory, the log and the socket.
@@ -379,7 +458,8 @@ fn run_as() -> Result<Option<RunAs>, LocalDbError> {
     }))
 }
 
-/// A new private folder, owned by the user the server runs as.
+/// A new private folder, owned by the user the server runs as, whose socket
+/// path fits a unix socket.
 ///
 /// As root it goes under `/tmp`: a `TMPDIR` inside root's home would not be
 /// reachable by the `postgres` user.
@@ -395,6 +475,10 @@ fn make_dir(run_as: Option<RunAs>) -> Result<TempDir, LocalDbError> {
             "create a temporary folder in {}",
             base.display()
         )))?;
+    let socket = dir.path().join(format!(".s.PGSQL.{PORT}"));
+    if socket.as_os_str().len() > MAX_SOCKET_PATH {
+        return Err(LocalDbError::SocketPathTooLong(dir.path().to_path_buf()));
+    }
     if let Some(user) = run_as {
         unistd::chown(dir.path(), Some(user.uid), Some(user.gid)).map_err(|errno| {
             LocalDbError::Io {
@@ -426,15 +510,7 @@ fn initdb(bin: &Path, dir: &Path, run_as: Option<RunAs>) -> Result<(), LocalDbEr
     let output = server_command(bin, "initdb", dir, run_as)
         .arg("-D")
         .arg(dir.join("data"))
-        .args([
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--no-locale",
-            "--no-sync",
-        ])
+        .args(INITDB_ARGS)
         .output()
         .map_err(LocalDbError::io("run initdb"))?;
     if output.status.success() {
@@ -446,6 +522,165 @@ fn initdb(bin: &Path, dir: &Path, run_as: Option<RunAs>) -> Result<(), LocalDbEr
         status: output.status,
         output: tail(&text),
     })
+}
+
+/// Where templates are kept: `$XDG_CACHE_HOME/shotlist/pg-template`, else
+/// `$HOME/.cache/shotlist/pg-template`; `None` (no cache) when neither
+/// variable holds an absolute path.
+fn default_template_root() -> Option<PathBuf> {
+    let absolute = |name: &str| {
+        std::env::var_os(name)
+            .map(PathBuf::from)
+            .filter(|path| path.is_absolute())
+    };
+    let cache =
+        absolute("XDG_CACHE_HOME").or_else(|| absolute("HOME").map(|home| home.join(".cache")))?;
+    Some(cache.join("shotlist").join("pg-template"))
+}
+
+/// A cached data directory as `initdb` left it, never started, which new
+/// clusters copy instead of running `initdb`.
+///
+/// Its key hashes the server's folder, [`INITDB_ARGS`], the user the server
+/// runs as and [`TEMPLATE_GENERATION`], so another installation or other
+/// settings never reuse it. A major upgrade installed in place (same folder)
+/// is not in the key; its server refuses the old template, which is then
+/// made again.
+#[derive(Debug)]
+struct Template {
+    /// The folder holding all templates and, briefly, their staging folders.
+    root: PathBuf,
+    /// `root/<key>`.
+    path: PathBuf,
+}
+
+impl Template {
+    fn new(root: &Path, bin: &Path, run_as: Option<RunAs>) -> Template {
+        let generation = TEMPLATE_GENERATION.to_le_bytes();
+        let owner = run_as
+            .map_or(u64::MAX, |user| u64::from(user.uid.as_raw()))
+            .to_le_bytes();
+        let mut parts: Vec<&[u8]> = vec![&generation, bin.as_os_str().as_bytes(), &owner];
+        parts.extend(INITDB_ARGS.iter().map(|arg| arg.as_bytes()));
+        let key = format!("g{TEMPLATE_GENERATION}-{:016x}", fnv1a(&parts));
+        Template {
+            root: root.to_path_buf(),
+            path: root.join(key),
+        }
+    }
+
+    /// Copies the template to `data`, which must not exist yet. False when
+    /// there is no template yet or the copy failed; the caller then runs
+    /// `initdb`.
+    fn copy_to(&self, data: &Path) -> bool {
+        if !self.path.join("PG_VERSION").is_file() {
+            // Templates appear whole, so a folder without PG_VERSION was
+            // damaged later; it would block storing a good one.
+            if self.path.exists() {
+                self.discard();
+            }
+            return false;
+        }
+        match copy_tree(&self.path, data) {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::debug!(
+                    %error,
+                    template = %self.path.display(),
+                    "could not copy the initdb template; running initdb"
+                );
+                false
+            }
+        }
+    }
+
+    /// Keeps a copy of the fresh data directory `data` as the template,
+    /// unless another process stored one first. A failure only costs the
+    /// next start an `initdb`.
+    fn store(&self, data: &Path) {
+        if let Err(error) = self.try_store(data) {
+            tracing::debug!(
+                %error,
+                template = %self.path.display(),
+                "could not keep the initdb template; the next start runs initdb again"
+            );
+        }
+    }
+
+    fn try_store(&self, data: &Path) -> io::Result<()> {
+        fs::create_dir_all(&self.root)?;
+        // Copied whole beside its place, then renamed into it: other
+        // processes see no template or a complete one, never a partial one.
+        // The staging folder (with our copy, if another process won) is
+        // removed when it drops.
+        let staging = tempfile::Builder::new()
+            .prefix(".staging-")
+            .tempdir_in(&self.root)?;
+        let copy = staging.path().join("data");
+        copy_tree(data, &copy)?;
+        match fs::rename(&copy, &self.path) {
+            Ok(()) => Ok(()),
+            // A non-empty target makes the rename fail: another process won.
+            Err(_) if self.path.join("PG_VERSION").is_file() => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Removes a template that did not work, so the next start makes it again.
+    fn discard(&self) {
+        // Renamed away first: a process that starts copying now finds no
+        // template rather than a half-deleted one.
+        let removed = tempfile::Builder::new()
+            .prefix(".discard-")
+            .tempdir_in(&self.root)
+            .and_then(|trash| {
+                fs::rename(&self.path, trash.path().join("data"))?;
+                trash.close()
+            });
+        if let Err(error) = removed {
+            tracing::debug!(
+                %error,
+                template = %self.path.display(),
+                "could not remove the initdb template"
+            );
+        }
+    }
+}
+
+/// FNV-1a over `parts`, each followed by a zero byte so that parts cannot
+/// run into each other. Unlike std's `DefaultHasher`, it never changes
+/// between Rust releases, which would orphan every cached template.
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    parts
+        .iter()
+        .flat_map(|part| part.iter().copied().chain([0]))
+        .fold(OFFSET, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+        })
+}
+
+/// Copies the folder `from` to `to` (which must not exist) with `cp -a`:
+/// contents, modes, and owners when root, as the data directory needs.
+fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
+    let output = Command::new("cp")
+        .arg("-a")
+        .arg("--")
+        .arg(from)
+        .arg(to)
+        .stdin(Stdio::null())
+        .output()?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(io::Error::other(format!(
+        "cp -a {} {} failed ({}): {}",
+        from.display(),
+        to.display(),
+        output.status,
+        tail(&String::from_utf8_lossy(&output.stderr))
+    )))
 }
 
 fn spawn_server(
@@ -644,5 +879,206 @@ mod tests {
         assert_eq!(settings(&durable), ("on".into(), "on".into()));
         let fast = TempCluster::start().expect("private postgres starts");
         assert_eq!(settings(&fast), ("off".into(), "off".into()));
+    }
+
+    /// The template a cluster started with `cache` uses.
+    fn template_in(cache: &Path) -> Template {
+        let bin = find_bindir().expect("PostgreSQL is installed");
+        Template::new(cache, &bin, run_as().expect("a user to run postgres as"))
+    }
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .expect("read the cache folder")
+            .map(|entry| {
+                entry
+                    .expect("entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Every file and folder under `dir` with its size, mode and mtime.
+    fn snapshot(dir: &Path) -> Vec<(PathBuf, u64, u32, std::time::SystemTime)> {
+        use std::os::unix::fs::PermissionsExt;
+        let mut found = Vec::new();
+        let mut pending = vec![dir.to_path_buf()];
+        while let Some(folder) = pending.pop() {
+            for entry in fs::read_dir(&folder).expect("read the template") {
+                let path = entry.expect("entry").path();
+                let meta = fs::symlink_metadata(&path).expect("metadata");
+                if meta.is_dir() {
+                    pending.push(path.clone());
+                }
+                let relative = path.strip_prefix(dir).expect("inside").to_path_buf();
+                let modified = meta.modified().expect("mtime");
+                found.push((relative, meta.len(), meta.permissions().mode(), modified));
+            }
+        }
+        found.sort();
+        found
+    }
+
+    /// Runs `sql` on `cluster` and returns the first column of its one row.
+    fn query_one<T>(runtime: &tokio::runtime::Runtime, cluster: &TempCluster, sql: &str) -> T
+    where
+        T: for<'a> tokio_postgres::types::FromSql<'a>,
+    {
+        runtime.block_on(async {
+            let (client, connection) =
+                tokio_postgres::connect(&cluster.url(), tokio_postgres::NoTls)
+                    .await
+                    .expect("connects");
+            tokio::spawn(connection);
+            client.query_one(sql, &[]).await.expect("query").get(0)
+        })
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    /// `initdb` gives every cluster a new identifier; copies share their
+    /// template's.
+    const SYSTEM_ID: &str = "SELECT system_identifier FROM pg_control_system()";
+
+    #[test]
+    fn clusters_started_at_once_on_an_empty_cache_leave_exactly_one_template() {
+        let cache = tempfile::tempdir().expect("tempdir");
+        let clusters: Vec<TempCluster> = thread::scope(|scope| {
+            let starts: Vec<_> = (0..3)
+                .map(|_| scope.spawn(|| TempCluster::start_in(Some(cache.path()), false)))
+                .collect();
+            starts
+                .into_iter()
+                .map(|start| {
+                    start
+                        .join()
+                        .expect("no panic")
+                        .expect("private postgres starts")
+                })
+                .collect()
+        });
+        let runtime = runtime();
+        for cluster in &clusters {
+            assert_eq!(query_one::<i32>(&runtime, cluster, "SELECT 41 + 1"), 42);
+        }
+        let template = template_in(cache.path());
+        let key = template.path.file_name().expect("key").to_string_lossy();
+        assert_eq!(
+            entries(cache.path()),
+            [key.into_owned()],
+            "one template and no staging folder"
+        );
+        assert!(template.path.join("global").join("pg_control").is_file());
+        assert!(
+            !template.path.join("postmaster.pid").exists(),
+            "the template was never started"
+        );
+    }
+
+    #[test]
+    fn clusters_copied_from_one_template_are_independent_and_leave_it_unchanged() {
+        let cache = tempfile::tempdir().expect("tempdir");
+        drop(TempCluster::start_in(Some(cache.path()), false).expect("first start"));
+        let template = template_in(cache.path());
+        let before = snapshot(&template.path);
+        assert!(!before.is_empty(), "the first start made the template");
+
+        let runtime = runtime();
+        let first = TempCluster::start_in(Some(cache.path()), false).expect("first copy starts");
+        let second = TempCluster::start_in(Some(cache.path()), true).expect("second copy starts");
+        assert_eq!(
+            query_one::<i64>(&runtime, &first, SYSTEM_ID),
+            query_one::<i64>(&runtime, &second, SYSTEM_ID),
+            "both were copied from the template rather than made by initdb"
+        );
+        let created = "CREATE TABLE only_in_first (id int)";
+        runtime.block_on(async {
+            let (client, connection) = tokio_postgres::connect(&first.url(), tokio_postgres::NoTls)
+                .await
+                .expect("connects");
+            tokio::spawn(connection);
+            client.batch_execute(created).await.expect("table created");
+        });
+        let lookup = "SELECT to_regclass('only_in_first') IS NOT NULL";
+        assert!(query_one::<bool>(&runtime, &first, lookup));
+        assert!(
+            !query_one::<bool>(&runtime, &second, lookup),
+            "a table made in one copy is absent in the other"
+        );
+        drop((first, second));
+        assert_eq!(
+            snapshot(&template.path),
+            before,
+            "the template is unchanged"
+        );
+    }
+
+    #[test]
+    fn a_damaged_template_is_replaced_and_the_cluster_still_starts() {
+        let cache = tempfile::tempdir().expect("tempdir");
+        drop(TempCluster::start_in(Some(cache.path()), false).expect("first start"));
+        let template = template_in(cache.path());
+        let control = template.path.join("global").join("pg_control");
+        fs::remove_file(&control).expect("damage the template");
+
+        let runtime = runtime();
+        let healed = TempCluster::start_in(Some(cache.path()), false)
+            .expect("starts despite the damaged template");
+        assert!(control.is_file(), "the template was made again");
+        let key = template.path.file_name().expect("key").to_string_lossy();
+        assert_eq!(
+            entries(cache.path()),
+            [key.into_owned()],
+            "nothing left over"
+        );
+        let copy =
+            TempCluster::start_in(Some(cache.path()), false).expect("the new template works");
+        assert_eq!(
+            query_one::<i64>(&runtime, &healed, SYSTEM_ID),
+            query_one::<i64>(&runtime, &copy, SYSTEM_ID),
+            "the new template is the healed cluster's fresh initdb output"
+        );
+    }
+
+    #[test]
+    fn an_unusable_cache_folder_only_costs_the_cache() {
+        let parent = tempfile::tempdir().expect("tempdir");
+        let file = parent.path().join("not-a-folder");
+        fs::write(&file, "").expect("write");
+        let cache = file.join("pg-template");
+        let cluster = TempCluster::start_in(Some(&cache), false).expect("private postgres starts");
+        assert_eq!(query_one::<i32>(&runtime(), &cluster, "SELECT 41 + 1"), 42);
+        assert_eq!(entries(parent.path()), ["not-a-folder"]);
+    }
+
+    #[test]
+    fn template_keys_differ_by_installation_and_owner() {
+        let root = Path::new("/cache");
+        let key =
+            |bin: &str, run_as: Option<RunAs>| Template::new(root, Path::new(bin), run_as).path;
+        let postgres = Some(RunAs {
+            uid: Uid::from_raw(104),
+            gid: Gid::from_raw(104),
+        });
+        let base = key("/usr/lib/postgresql/15/bin", None);
+        assert!(base.starts_with(root));
+        assert_eq!(base, key("/usr/lib/postgresql/15/bin", None), "stable");
+        assert_ne!(base, key("/usr/lib/postgresql/16/bin", None));
+        assert_ne!(base, key("/usr/lib/postgresql/15/bin", postgres));
+        assert_eq!(fnv1a(&[b"a"]), fnv1a(&[b"a"]));
+        assert_ne!(
+            fnv1a(&[b"ab", b""]),
+            fnv1a(&[b"a", b"b"]),
+            "parts are separated"
+        );
     }
 }
