@@ -227,15 +227,20 @@ fn first_line(program: &str, args: &[&str]) -> String {
         .unwrap_or_else(|| format!("{program}: not found"))
 }
 
-/// `postgres --version` of the newest server Debian's packages installed.
+/// `postgres --version` of the newest server Debian's packages installed
+/// (the one the private clusters run).
 fn postgres_version() -> String {
     let newest = std::fs::read_dir("/usr/lib/postgresql")
         .ok()
         .and_then(|dirs| {
             dirs.filter_map(Result::ok)
-                .map(|d| d.path().join("bin/postgres"))
-                .filter(|p| p.is_file())
+                .filter_map(|d| {
+                    let major: u32 = d.file_name().to_str()?.split('.').next()?.parse().ok()?;
+                    let postgres = d.path().join("bin/postgres");
+                    postgres.is_file().then_some((major, postgres))
+                })
                 .max()
+                .map(|(_, postgres)| postgres)
         });
     match newest {
         Some(postgres) => first_line(&postgres.to_string_lossy(), &["--version"]),

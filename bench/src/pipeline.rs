@@ -71,6 +71,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Vec<Table>> {
     } else {
         (2940, vec![TARGET_SLEEP, Duration::from_millis(500)], 20)
     };
+    let endpoint = local_endpoint(settings)?;
     let film = blank_film(&settings.films, seconds)?;
     let cluster = tokio::task::spawn_blocking(TempCluster::start)
         .await?
@@ -123,28 +124,12 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Vec<Table>> {
         settings.runs
     ));
     latency.note(format!(
-        "From the moment the last chunk's `complete_chunk` returned to its worker until `finalize` \
-         (read the chunks' shots, merge, `store_sheet`) returned; the films of the table above \
+        "From the runner's report that the last chunk is done (its `complete_chunk` returned and \
+         one progress read followed, about a millisecond) until `finalize` (read the chunks' \
+         shots, merge, `store_sheet`) returned; the films of the table above \
          plus {fan_in_films} films with L = 20 ms. With this few samples p99 is close to the max."
     ));
-    let cloud = match settings
-        .sqs_endpoint
-        .as_deref()
-        .filter(|e| !e.trim().is_empty())
-    {
-        Some(endpoint) => {
-            ensure!(
-                is_loopback(endpoint),
-                "--sqs-endpoint {endpoint} is not on this machine: the benchmark only talks to a \
-                 local SQS server (e.g. http://127.0.0.1:PORT, which scripts/bench starts)"
-            );
-            cloud_shape(settings, &db, &url, &film, &sleeps, fan_in_films, endpoint).await?
-        }
-        None => anyhow::bail!(
-            "the cloud shape's rows need an SQS-compatible server: pass --sqs-endpoint \
-             (scripts/bench starts moto on 127.0.0.1 and passes it)"
-        ),
-    };
+    let cloud = cloud_shape(settings, &db, &url, &film, &sleeps, fan_in_films, endpoint).await?;
     drop(db);
     drop(cluster);
     Ok(vec![table, latency, cloud])
@@ -219,6 +204,27 @@ async fn cloud_shape(
          own trigger latency, which no local run can measure."
     ));
     Ok(table)
+}
+
+/// The SQS server for the cloud shape's rows, checked before anything runs:
+/// given, and on this machine.
+fn local_endpoint(settings: &Settings) -> anyhow::Result<&str> {
+    let Some(endpoint) = settings
+        .sqs_endpoint
+        .as_deref()
+        .filter(|e| !e.trim().is_empty())
+    else {
+        anyhow::bail!(
+            "the cloud shape's rows need an SQS-compatible server: pass --sqs-endpoint \
+             (scripts/bench starts moto on 127.0.0.1 and passes it)"
+        );
+    };
+    ensure!(
+        is_loopback(endpoint),
+        "--sqs-endpoint {endpoint} is not on this machine: the benchmark only talks to a \
+         local SQS server (e.g. http://127.0.0.1:PORT, which scripts/bench starts)"
+    );
+    Ok(endpoint)
 }
 
 /// Whether `endpoint` is an http URL of this machine (127.0.0.0/8,

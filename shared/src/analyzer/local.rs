@@ -173,10 +173,11 @@ impl Window {
 
 impl LocalAnalyzer {
     /// Decoding threads for each of `concurrency` chunks analyzed at once:
-    /// this machine's cores shared out, at least one each.
+    /// this machine's cores shared out, rounded up (a thread too many costs
+    /// less than a core left idle), at least one each.
     pub fn threads_sharing_cores(concurrency: usize) -> NonZeroUsize {
         let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
-        NonZeroUsize::new(cores / concurrency.max(1)).unwrap_or(NonZeroUsize::MIN)
+        NonZeroUsize::new(cores.div_ceil(concurrency.max(1))).unwrap_or(NonZeroUsize::MIN)
     }
 
     /// Runs ffmpeg over the chunk, reading from further back until the
