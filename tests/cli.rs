@@ -249,11 +249,16 @@ fn help_does_not_show_the_database_url_from_the_environment() {
     );
 }
 
-#[test]
-fn ctrl_c_during_start_up_removes_the_embedded_database() {
-    let mut child = shotlist()
-        .arg("process")
-        .arg(city_film())
+/// Starts `command` (a `shotlist process`) with the embedded database's
+/// debug lines on, and a thread that sends each line of its stderr.
+fn spawn_with_stderr_lines(
+    mut command: Command,
+) -> (
+    std::process::Child,
+    mpsc::Receiver<String>,
+    std::thread::JoinHandle<()>,
+) {
+    let mut child = command
         .env("RUST_LOG", "shotlist_shared::localdb=debug")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -268,17 +273,30 @@ fn ctrl_c_during_start_up_removes_the_embedded_database() {
             }
         }
     });
+    (child, lines, reader)
+}
+
+/// Sends SIGINT to `child`, as Ctrl-C in a terminal does.
+fn interrupt(child: &std::process::Child) {
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success(), "SIGINT sent");
+}
+
+#[test]
+fn ctrl_c_during_start_up_removes_the_embedded_database() {
+    let mut command = shotlist();
+    command.arg("process").arg(city_film());
+    let (mut child, lines, reader) = spawn_with_stderr_lines(command);
     let next_line = || {
         lines
             .recv_timeout(LINE_TIMEOUT)
             .expect("shotlist said something")
     };
     while !next_line().contains("starting the embedded PostgreSQL") {}
-    let sent = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(sent.success(), "SIGINT sent");
+    interrupt(&child);
 
     let status = child.wait().expect("shotlist ends");
     let rest: Vec<String> = lines.iter().collect();
@@ -297,6 +315,80 @@ fn ctrl_c_during_start_up_removes_the_embedded_database() {
         .find_map(|line| line.split("dir=").nth(1))
         .map(|dir| PathBuf::from(dir.trim()))
         .expect("the cluster's folder was logged");
+    assert!(!dir.exists(), "{} was removed", dir.display());
+}
+
+/// The film is probed while the database starts; a Ctrl-C that came once
+/// the database was up waited for the probe, which may take up to its
+/// timeout (here an ffprobe that never answers).
+#[test]
+fn ctrl_c_while_the_film_is_still_probed_stops_at_once() {
+    let bin = tempfile::tempdir().expect("tempdir");
+    let pid_file = bin.path().join("ffprobe.pid");
+    let ffprobe = bin.path().join("ffprobe");
+    std::fs::write(
+        &ffprobe,
+        format!(
+            "#!/bin/sh\necho $$ > '{}'\nexec sleep 600\n",
+            pid_file.display()
+        ),
+    )
+    .expect("write the silent ffprobe");
+    std::fs::set_permissions(
+        &ffprobe,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("make the silent ffprobe executable");
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut paths = vec![bin.path().to_path_buf()];
+    paths.extend(std::env::split_paths(&path));
+    let mut command = shotlist();
+    command
+        .arg("process")
+        .arg(city_film())
+        .env("PATH", std::env::join_paths(paths).expect("PATH"));
+    let (mut child, lines, reader) = spawn_with_stderr_lines(command);
+    let dir = loop {
+        let line = lines
+            .recv_timeout(LINE_TIMEOUT)
+            .expect("shotlist said something");
+        if line.contains("private postgres started") {
+            let dir = line.split("dir=").nth(1).expect("the folder is logged");
+            break PathBuf::from(dir.trim());
+        }
+    };
+    interrupt(&child);
+
+    // Far less than the 600 s the silent ffprobe would hold a probe.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for shotlist") {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            // The silent ffprobe outlives a killed shotlist; it is still
+            // sleeping, so its pid is still its own.
+            if let Ok(pid) = std::fs::read_to_string(&pid_file) {
+                let _ = Command::new("kill").args(["-KILL", pid.trim()]).status();
+            }
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let rest: Vec<String> = lines.iter().collect();
+    reader.join().expect("reader thread");
+    let status = status.expect("Ctrl-C must not wait for the probe to end");
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "exit status after Ctrl-C; stderr: {rest:?}"
+    );
+    assert_eq!(
+        rest.last().map(String::as_str),
+        Some("shotlist: error: interrupted")
+    );
     assert!(!dir.exists(), "{} was removed", dir.display());
 }
 

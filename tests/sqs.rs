@@ -952,6 +952,39 @@ async fn a_message_sent_while_the_mapping_stops_is_left_visible_for_the_next_rea
     delete_pair(&client, &pair).await;
 }
 
+/// The SQS client has no operation timeout: a stop that waited for the long
+/// poll in flight without a bound hung for as long as a server that stopped
+/// answering stayed silent, here for ever.
+#[tokio::test]
+async fn stopping_a_mapping_whose_server_stopped_answering_still_ends() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    // Accepts every connection and never answers; keeps them open.
+    let silent = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            open.push(socket);
+        }
+    });
+    let client = client_with(&endpoint, None, false);
+    let handler = batch_handler(|_event: SqsEvent| async { Ok(SqsBatchResponse::default()) });
+    let mut config = MappingConfig::new(
+        format!("{endpoint}/000000000000/silent"),
+        "arn:aws:sqs:us-east-1:000000000000:silent",
+    );
+    config.wait_time_seconds = 1;
+    let mapping = EventSourceMapping::new(client, config, handler)
+        .unwrap()
+        .spawn();
+    // Let its first ReceiveMessage reach the silent server.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stats = tokio::time::timeout(Duration::from_secs(30), mapping.stop())
+        .await
+        .expect("the stop must give up on a ReceiveMessage that never answers");
+    assert_eq!(stats.invocations(), 0);
+    silent.abort();
+}
+
 #[test]
 fn the_mapping_refuses_a_bad_configuration() {
     let client = client_with("http://127.0.0.1:9", None, false);

@@ -310,29 +310,21 @@ async fn analyze(
             progress.stage("starting the embedded PostgreSQL");
             // The local run probes the film while the database starts: each
             // takes a noticeable part of a second.
-            let probing = cloud.is_none().then(|| {
-                let film = settings.film.clone();
-                tokio::spawn(async move { probe::probe(&film).await })
-            });
-            let started = async {
-                let cluster = start_cluster(interrupt).await?;
-                let media = match probing {
-                    Some(probing) => match probing.await {
-                        Ok(Ok(media)) => Some(media),
-                        Ok(Err(error)) => {
-                            stop_cluster(cluster).await;
-                            return Err(CliError::Run(error.into()));
-                        }
-                        Err(error) => {
-                            stop_cluster(cluster).await;
-                            return Err(error.into());
-                        }
-                    },
-                    None => None,
-                };
-                Ok((cluster, media))
+            let probing = cloud
+                .is_none()
+                .then(|| Probing::spawn(settings.film.clone()));
+            // An early return drops `probing`, which aborts the probe.
+            let cluster = start_cluster(interrupt).await?;
+            let media = match probing {
+                Some(probing) => match probing.finish(interrupt).await {
+                    Ok(media) => Some(media),
+                    Err(error) => {
+                        stop_cluster(cluster).await;
+                        return Err(error);
+                    }
+                },
+                None => None,
             };
-            let (cluster, media) = started.await?;
             match connect(&cluster.url(), settings, interrupt).await {
                 Ok(db) => (db, Some(cluster), media),
                 Err(error) => {
@@ -482,6 +474,31 @@ async fn connect(
     let applied = interrupt.guard(db.migrate()).await?;
     tracing::debug!(?applied, "migrations applied");
     Ok(db)
+}
+
+/// The film's probe, run in a task of its own while the private PostgreSQL
+/// starts. Dropping it aborts the probe (and kills its ffprobe), so that an
+/// early return leaves nothing running behind the run.
+struct Probing(tokio::task::JoinHandle<Result<probe::MediaInfo, probe::ProbeError>>);
+
+impl Probing {
+    fn spawn(film: PathBuf) -> Probing {
+        Probing(tokio::spawn(async move { probe::probe(&film).await }))
+    }
+
+    /// The probe's result, unless a signal comes first: a film that never
+    /// gives ffprobe any data (a FIFO) must not hold off Ctrl-C until the
+    /// probe times out.
+    async fn finish(mut self, interrupt: &mut Interrupt) -> Result<probe::MediaInfo, CliError> {
+        let probed = interrupt.guard(&mut self.0).await?;
+        probed.map_err(|error| CliError::Run(error.into()))
+    }
+}
+
+impl Drop for Probing {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Starts the private PostgreSQL off the async threads. A signal during the

@@ -22,8 +22,22 @@
 //! running `initdb`. A template appears only whole (made beside its place,
 //! then renamed into it); a cluster always runs on its own copy; and any
 //! trouble with the cache costs only speed: an unusable cache means a plain
-//! `initdb`, and a template whose copy does not start is thrown away and made
-//! again.
+//! `initdb`, and a template whose server exits while starting is thrown away
+//! and made again (a server that is merely slow to start keeps it: the
+//! machine is busy, not the template broken). Storing a template also removes
+//! staging and discarded copies that a killed process left behind, once they
+//! are an hour old.
+//!
+//! A template's `postgresql.conf` decides what the server runs (an
+//! `archive_command`, a preloaded library), so whoever can write to the cache
+//! could run code as the server's user. The cache is therefore used only when
+//! nobody else can change it: its folder must be owned by the current user
+//! (root when root) and not group- or world-writable, every folder above it
+//! owned by that user or root and not writable by others (unless sticky, as
+//! `/tmp` is), and the template itself owned by the user the server runs as.
+//! This matters most as root: `sudo -E` keeps `$HOME` and `$XDG_CACHE_HOME`
+//! pointing at the invoking user's folders, which that user controls, and
+//! there the cache is simply not used.
 //!
 //! Starting takes a few tenths of a second with a template (about a second
 //! without) and blocks the calling thread; from async code, call it through
@@ -32,12 +46,13 @@
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::str::FromStr;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::{self, Signal};
 use nix::unistd::{self, Gid, Pid, Uid, User};
@@ -82,6 +97,15 @@ const INITDB_ARGS: [&str; 7] = [
 /// Bump when templates must be made again for a reason their key does not
 /// see (the server's folder, [`INITDB_ARGS`] and the owner are in it).
 const TEMPLATE_GENERATION: u32 = 1;
+
+/// How a template being stored, and one being thrown away, are named while
+/// they sit beside the templates.
+const STAGING_PREFIX: &str = ".staging-";
+const DISCARD_PREFIX: &str = ".discard-";
+
+/// How old a staging or discarded copy must be before a store removes it as
+/// left behind by a killed process; copying one takes about a second.
+const LEFTOVER_AGE: Duration = Duration::from_secs(60 * 60);
 
 /// The message for a machine without PostgreSQL's server binaries.
 const NOT_INSTALLED: &str =
@@ -188,7 +212,9 @@ impl TempCluster {
         let started = Instant::now();
         let bin = find_bindir().ok_or(LocalDbError::NotInstalled)?;
         let run_as = run_as()?;
-        let template = templates.map(|root| Template::new(root, &bin, run_as));
+        let template = templates
+            .and_then(trusted_template_root)
+            .map(|root| Template::new(&root, &bin, run_as));
         if let Some(template) = &template {
             let dir = make_dir(run_as)?;
             if template.copy_to(&dir.path().join("data")) {
@@ -197,7 +223,10 @@ impl TempCluster {
                         cluster.log_started(true, started);
                         return Ok(cluster);
                     }
-                    Err(error) => {
+                    // Only a server that died says the template may be bad;
+                    // a timeout means a busy machine, where a plain initdb
+                    // would only wait out a second timeout.
+                    Err(error @ LocalDbError::ServerExited { .. }) => {
                         tracing::debug!(
                             %error,
                             template = %template.path.display(),
@@ -205,6 +234,7 @@ impl TempCluster {
                         );
                         template.discard();
                     }
+                    Err(error) => return Err(error),
                 }
             }
         }
@@ -538,6 +568,78 @@ fn default_template_root() -> Option<PathBuf> {
     Some(cache.join("shotlist").join("pg-template"))
 }
 
+/// The template folder `root`, created (mode 0700) if missing, as a canonical
+/// path; `None`, with a debug line saying why, when it cannot be made or
+/// someone other than this user or root could change it (see the module docs).
+///
+/// The canonical path is what is used from then on, so a symbolic link on the
+/// way, which its owner could repoint, is followed once, when checked.
+fn trusted_template_root(root: &Path) -> Option<PathBuf> {
+    match open_template_root(root) {
+        Ok(root) => Some(root),
+        Err(error) => {
+            tracing::debug!(
+                %error,
+                cache = %root.display(),
+                "not using the initdb template cache; running initdb"
+            );
+            None
+        }
+    }
+}
+
+fn open_template_root(root: &Path) -> io::Result<PathBuf> {
+    if !root.is_absolute() {
+        return Err(io::Error::other("the cache folder is not an absolute path"));
+    }
+    let me = unistd::geteuid();
+    // Checked before creating anything, so nothing is made inside a folder
+    // someone else controls.
+    let existing = root
+        .ancestors()
+        .find(|folder| folder.exists())
+        .unwrap_or(Path::new("/"));
+    let existing = fs::canonicalize(existing)?;
+    check_folders_above(&existing, me, existing != root)?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(root)?;
+    let root = fs::canonicalize(root)?;
+    check_folders_above(&root, me, false)?;
+    Ok(root)
+}
+
+/// Checks that only `me` and root can change `folder` and the folders above
+/// it: each is a folder, owned by `me` or root, and not writable by group or
+/// others unless sticky (where others cannot rename or remove what is not
+/// theirs). `folder` itself, unless `lenient`, must be owned by `me` and not
+/// writable by others even when sticky.
+fn check_folders_above(folder: &Path, me: Uid, lenient: bool) -> io::Result<()> {
+    for (depth, path) in folder.ancestors().enumerate() {
+        let meta = fs::symlink_metadata(path)?;
+        let strict = depth == 0 && !lenient;
+        let owner = Uid::from_raw(meta.uid());
+        let others_write = meta.mode() & 0o022 != 0;
+        let sticky = meta.mode() & 0o1000 != 0;
+        let problem = if !meta.is_dir() {
+            "not a folder"
+        } else if owner != me && (strict || !owner.is_root()) {
+            "owned by another user"
+        } else if others_write && (strict || !sticky) {
+            "writable by other users"
+        } else {
+            continue;
+        };
+        return Err(io::Error::other(format!(
+            "{} is {problem} (uid {owner}, mode {:o})",
+            path.display(),
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(())
+}
+
 /// A cached data directory as `initdb` left it, never started, which new
 /// clusters copy instead of running `initdb`.
 ///
@@ -552,6 +654,9 @@ struct Template {
     root: PathBuf,
     /// `root/<key>`.
     path: PathBuf,
+    /// Who must own the template: the user `initdb` ran as, which `cp -a`
+    /// keeps.
+    owner: Uid,
 }
 
 impl Template {
@@ -566,6 +671,7 @@ impl Template {
         Template {
             root: root.to_path_buf(),
             path: root.join(key),
+            owner: run_as.map_or_else(unistd::geteuid, |user| user.uid),
         }
     }
 
@@ -573,12 +679,21 @@ impl Template {
     /// there is no template yet or the copy failed; the caller then runs
     /// `initdb`.
     fn copy_to(&self, data: &Path) -> bool {
-        if !self.path.join("PG_VERSION").is_file() {
-            // Templates appear whole, so a folder without PG_VERSION was
-            // damaged later; it would block storing a good one.
-            if self.path.exists() {
-                self.discard();
-            }
+        let meta = match fs::symlink_metadata(&self.path) {
+            Ok(meta) => meta,
+            Err(_) => return false,
+        };
+        // Templates appear whole and private, so one without PG_VERSION, or
+        // that someone else could have changed, was damaged later; it would
+        // also block storing a good one.
+        let trusted =
+            meta.is_dir() && Uid::from_raw(meta.uid()) == self.owner && meta.mode() & 0o022 == 0;
+        if !trusted || !self.path.join("PG_VERSION").is_file() {
+            tracing::debug!(
+                template = %self.path.display(),
+                "the initdb template is damaged or writable by others; making it again"
+            );
+            self.discard();
             return false;
         }
         match copy_tree(&self.path, data) {
@@ -608,13 +723,13 @@ impl Template {
     }
 
     fn try_store(&self, data: &Path) -> io::Result<()> {
-        fs::create_dir_all(&self.root)?;
+        self.remove_leftovers();
         // Copied whole beside its place, then renamed into it: other
         // processes see no template or a complete one, never a partial one.
         // The staging folder (with our copy, if another process won) is
         // removed when it drops.
         let staging = tempfile::Builder::new()
-            .prefix(".staging-")
+            .prefix(STAGING_PREFIX)
             .tempdir_in(&self.root)?;
         let copy = staging.path().join("data");
         copy_tree(data, &copy)?;
@@ -626,12 +741,40 @@ impl Template {
         }
     }
 
+    /// Removes staging and discarded copies older than [`LEFTOVER_AGE`],
+    /// which a process killed while copying leaves behind (tens of MB each).
+    /// Younger ones may be another process's work in progress. Best effort:
+    /// what cannot be removed now is tried again at the next store.
+    fn remove_leftovers(&self) {
+        let Ok(entries) = fs::read_dir(&self.root) else {
+            return;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            if !is_stale_leftover(&entry) {
+                continue;
+            }
+            let path = entry.path();
+            // Neither removal follows a link out of the cache.
+            let removed = match entry.file_type() {
+                Ok(kind) if kind.is_dir() => fs::remove_dir_all(&path),
+                _ => fs::remove_file(&path),
+            };
+            if let Err(error) = removed {
+                tracing::debug!(
+                    %error,
+                    leftover = %path.display(),
+                    "could not remove a stale template copy"
+                );
+            }
+        }
+    }
+
     /// Removes a template that did not work, so the next start makes it again.
     fn discard(&self) {
         // Renamed away first: a process that starts copying now finds no
         // template rather than a half-deleted one.
         let removed = tempfile::Builder::new()
-            .prefix(".discard-")
+            .prefix(DISCARD_PREFIX)
             .tempdir_in(&self.root)
             .and_then(|trash| {
                 fs::rename(&self.path, trash.path().join("data"))?;
@@ -645,6 +788,23 @@ impl Template {
             );
         }
     }
+}
+
+/// Whether `entry` is a staging or discarded template copy last changed more
+/// than [`LEFTOVER_AGE`] ago.
+fn is_stale_leftover(entry: &fs::DirEntry) -> bool {
+    let name = entry.file_name();
+    let leftover = [STAGING_PREFIX, DISCARD_PREFIX]
+        .iter()
+        .any(|prefix| name.as_bytes().starts_with(prefix.as_bytes()));
+    // `DirEntry::metadata` describes a link itself, not its target.
+    leftover
+        && entry
+            .metadata()
+            .and_then(|meta| meta.modified())
+            .ok()
+            .and_then(|modified| SystemTime::now().duration_since(modified).ok())
+            .is_some_and(|age| age > LEFTOVER_AGE)
 }
 
 /// FNV-1a over `parts`, each followed by a zero byte so that parts cannot
@@ -1058,6 +1218,114 @@ mod tests {
         let cluster = TempCluster::start_in(Some(&cache), false).expect("private postgres starts");
         assert_eq!(query_one::<i32>(&runtime(), &cluster, "SELECT 41 + 1"), 42);
         assert_eq!(entries(parent.path()), ["not-a-folder"]);
+    }
+
+    fn set_mode(path: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+
+    #[test]
+    fn a_world_writable_cache_folder_is_not_used() {
+        let cache = tempfile::tempdir().expect("tempdir");
+        set_mode(cache.path(), 0o777);
+        let cluster =
+            TempCluster::start_in(Some(cache.path()), false).expect("private postgres starts");
+        assert_eq!(query_one::<i32>(&runtime(), &cluster, "SELECT 41 + 1"), 42);
+        assert!(
+            entries(cache.path()).is_empty(),
+            "no template in a folder others can write to"
+        );
+    }
+
+    #[test]
+    fn a_cache_folder_owned_by_another_user_is_not_used() {
+        if !unistd::geteuid().is_root() {
+            // Only root can give a folder away; the rule is the same one the
+            // world-writable test exercises.
+            return;
+        }
+        let nobody = User::from_name("nobody")
+            .expect("look up nobody")
+            .expect("a nobody user");
+        let cache = tempfile::tempdir().expect("tempdir");
+        unistd::chown(cache.path(), Some(nobody.uid), Some(nobody.gid)).expect("chown");
+        let cluster =
+            TempCluster::start_in(Some(cache.path()), false).expect("private postgres starts");
+        assert_eq!(query_one::<i32>(&runtime(), &cluster, "SELECT 41 + 1"), 42);
+        assert!(
+            entries(cache.path()).is_empty(),
+            "no template in another user's folder"
+        );
+    }
+
+    #[test]
+    fn a_sticky_folder_is_trusted_above_the_cache_but_not_as_the_cache() {
+        let sticky = tempfile::tempdir().expect("tempdir");
+        let cache = sticky.path().join("cache");
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&cache)
+            .expect("mkdir");
+        set_mode(sticky.path(), 0o1777);
+        let me = unistd::geteuid();
+        check_folders_above(&cache, me, false).expect("others cannot touch the cache");
+        assert!(check_folders_above(sticky.path(), me, false).is_err());
+        set_mode(sticky.path(), 0o777);
+        assert!(
+            check_folders_above(&cache, me, false).is_err(),
+            "without the sticky bit others could rename the cache away"
+        );
+    }
+
+    #[test]
+    fn a_template_writable_by_others_is_thrown_away_not_copied() {
+        let cache = tempfile::tempdir().expect("tempdir");
+        drop(TempCluster::start_in(Some(cache.path()), false).expect("first start"));
+        let template = template_in(cache.path());
+        // The server would refuse such a copy too, but only after it was
+        // made: the cache must not rely on that.
+        set_mode(&template.path, 0o777);
+
+        let target = tempfile::tempdir().expect("tempdir");
+        let data = target.path().join("data");
+        assert!(!template.copy_to(&data), "the open template is not used");
+        assert!(!data.exists(), "nothing was copied");
+        assert!(entries(cache.path()).is_empty(), "the template was removed");
+        let cluster =
+            TempCluster::start_in(Some(cache.path()), false).expect("private postgres starts");
+        assert_eq!(query_one::<i32>(&runtime(), &cluster, "SELECT 41 + 1"), 42);
+        let mode = fs::metadata(&template.path).expect("made again").mode();
+        assert_eq!(mode & 0o077, 0, "the new template is private");
+    }
+
+    #[test]
+    fn storing_a_template_removes_stale_leftovers_and_keeps_fresh_ones() {
+        use nix::sys::time::{TimeVal, TimeValLike};
+        let cache = tempfile::tempdir().expect("tempdir");
+        let leftovers = [".staging-old", ".discard-old", ".staging-new"];
+        for name in leftovers {
+            let data = cache.path().join(name).join("data");
+            fs::create_dir_all(&data).expect("mkdir");
+            fs::write(data.join("PG_VERSION"), "16\n").expect("write");
+        }
+        let two_hours_ago = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .expect("after 1970")
+            .saturating_sub(Duration::from_secs(2 * 60 * 60));
+        let old = TimeVal::seconds(two_hours_ago.as_secs() as i64);
+        for name in &leftovers[..2] {
+            nix::sys::stat::utimes(&cache.path().join(name), &old, &old).expect("utimes");
+        }
+
+        drop(TempCluster::start_in(Some(cache.path()), false).expect("private postgres starts"));
+        let key = template_in(cache.path()).path;
+        let key = key.file_name().expect("key").to_string_lossy();
+        assert_eq!(
+            entries(cache.path()),
+            [".staging-new".to_string(), key.into_owned()],
+            "the stale copies went, the fresh one (maybe in use) stayed"
+        );
     }
 
     #[test]

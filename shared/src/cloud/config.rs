@@ -75,20 +75,21 @@ pub async fn database() -> Result<Db, ConfigError> {
         .map_err(|e| ConfigError(format!("DATABASE_URL: {e}")))
 }
 
-/// The instance's one SQS client. Building one loads aws-config and the
-/// HTTPS client's trust store, so process-chunk and sweeper, which reach two
-/// queues, build it once; clones share its connections.
-async fn shared_sqs_client() -> aws_sdk_sqs::Client {
-    static CLIENT: tokio::sync::OnceCell<aws_sdk_sqs::Client> = tokio::sync::OnceCell::const_new();
-    CLIENT.get_or_init(|| sqs_client(None)).await.clone()
-}
-
-/// The SQS queue whose URL is in the variable `name`.
+/// The SQS queue whose URL is in the variable `name`, through a client of
+/// its own. A function that reaches two queues builds one client and uses
+/// [`queue_with`] instead.
 pub async fn queue(name: &str) -> Result<(Arc<dyn MessageQueue>, String), ConfigError> {
     let url = required(name)?;
-    let client = shared_sqs_client().await;
+    Ok(queue_with(&sqs_client(None).await, url))
+}
+
+/// The SQS queue at `url` and its name, reached through `client`. Building a
+/// client loads aws-config and the HTTPS client's trust store, so
+/// process-chunk and sweeper, which reach two queues, build one per instance
+/// and pass it here; clones share its connections.
+pub fn queue_with(client: &aws_sdk_sqs::Client, url: String) -> (Arc<dyn MessageQueue>, String) {
     let queue_name = queue_name(&url);
-    Ok((Arc::new(SqsQueue::new(url, client)), queue_name))
+    (Arc::new(SqsQueue::new(url, client.clone())), queue_name)
 }
 
 /// The analyzer `SHOTLIST_ANALYZER` names (default `local`) and
@@ -171,20 +172,23 @@ pub async fn chunk_handler() -> Result<ChunkHandler, ConfigError> {
     let chunk_timeout = setup.model.chunk_timeout;
     let db = database().await?;
     let analyzer = analyzer(&setup, &db)?;
-    let (finalize_queue, _) = queue("FINALIZE_QUEUE_URL").await?;
+    let finalize_queue_url = required("FINALIZE_QUEUE_URL")?;
     let chunk_queue_url = optional("CHUNK_QUEUE_URL");
+    // One client for both queues (see `queue_with`), built once every
+    // variable has been checked.
+    let sqs = sqs_client(None).await;
+    let (finalize_queue, _) = queue_with(&sqs, finalize_queue_url);
     let queue_name = chunk_queue_url
         .as_deref()
         .map(queue_name)
         .unwrap_or_else(|| "chunks".into());
     // Without the queue's URL, retries wait out its visibility timeout.
-    let redelivery = match chunk_queue_url {
-        Some(queue_url) => Some(Arc::new(SqsRedelivery {
-            client: shared_sqs_client().await,
+    let redelivery = chunk_queue_url.map(|queue_url| {
+        Arc::new(SqsRedelivery {
+            client: sqs,
             queue_url,
-        }) as Arc<dyn Redelivery>),
-        None => None,
-    };
+        }) as Arc<dyn Redelivery>
+    });
     Ok(ChunkHandler {
         db,
         analyzer,
@@ -211,8 +215,12 @@ pub async fn finalize_handler(db: Db) -> FinalizeHandler {
 /// The sweeper function's queues: chunk messages go to `CHUNK_QUEUE_URL`,
 /// finalize messages to `FINALIZE_QUEUE_URL`.
 pub async fn sweeper(db: Db) -> Result<crate::sweep::SendToQueues, ConfigError> {
-    let (chunks, _) = queue("CHUNK_QUEUE_URL").await?;
-    let (finalize, _) = queue("FINALIZE_QUEUE_URL").await?;
+    let chunks_url = required("CHUNK_QUEUE_URL")?;
+    let finalize_url = required("FINALIZE_QUEUE_URL")?;
+    // One client for both queues (see `queue_with`).
+    let sqs = sqs_client(None).await;
+    let (chunks, _) = queue_with(&sqs, chunks_url);
+    let (finalize, _) = queue_with(&sqs, finalize_url);
     Ok(crate::sweep::SendToQueues {
         db,
         chunks,

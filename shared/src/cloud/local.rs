@@ -436,11 +436,11 @@ pub struct Mappings {
 }
 
 impl Mappings {
-    /// Stops both, letting invocations in flight finish.
+    /// Stops both, letting invocations in flight finish. Both are told at
+    /// once, so their long polls and in-flight invocations wind down
+    /// together rather than one after the other.
     pub async fn stop(self) -> (Arc<MappingStats>, Arc<MappingStats>) {
-        let chunks = self.chunks.stop().await;
-        let finalize = self.finalize.stop().await;
-        (chunks, finalize)
+        tokio::join!(self.chunks.stop(), self.finalize.stop())
     }
 }
 

@@ -267,11 +267,15 @@ impl EventSourceMapping {
 
     /// Polls and invokes until `shutdown` turns `true` (or its sender is
     /// dropped), then waits for the invocations in flight and their deletes.
-    /// A long poll still waiting at shutdown is waited for (at most
-    /// `wait_time_seconds`), not dropped: the server would go on waiting for
-    /// a reader that is gone and hide the first message to arrive until its
-    /// visibility timeout. What it returns is made visible again at once,
-    /// for the next reader.
+    /// A long poll still waiting at shutdown is waited for, not dropped: the
+    /// server would go on waiting for a reader that is gone and hide the
+    /// first message to arrive until its visibility timeout. What it returns
+    /// is made visible again at once, for the next reader. That wait is
+    /// bounded by `wait_time_seconds` plus [`STOP_GRACE`], because the SQS
+    /// client has no operation timeout and a server that stopped answering
+    /// would otherwise hold the stop forever; a poll abandoned then costs at
+    /// most one batch hidden for the visibility timeout, a delay that
+    /// redelivery already covers, never a lost message.
     /// Failed ReceiveMessage calls are logged and retried with a backoff
     /// (up to 10 s), as Lambda keeps polling.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
@@ -290,16 +294,19 @@ impl EventSourceMapping {
                 _ = stopped(&mut shutdown) => break,
                 slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
             };
+            // A stop asked for while the slot was awaited must not start a
+            // long poll that the stop would then have to wait out.
+            if *shutdown.borrow() {
+                break;
+            }
             let receive = inner.receive();
             tokio::pin!(receive);
+            // The receive first, so that a batch already received is handled.
             let received = tokio::select! {
                 biased;
                 received = &mut receive => received,
                 _ = stopped(&mut shutdown) => {
-                    if let Ok(messages) = receive.await {
-                        let messages: Vec<&Message> = messages.iter().collect();
-                        inner.make_visible(&messages, 0).await;
-                    }
+                    inner.finish_receive(receive).await;
                     break;
                 }
             };
@@ -349,6 +356,14 @@ impl EventSourceMapping {
     }
 }
 
+/// How much longer than its `wait_time_seconds` a long poll in flight at
+/// shutdown is waited for, and how long the messages it returns may take to
+/// be made visible again: room for a round trip to a slow server.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// What one ReceiveMessage call gave: the messages, or why it failed.
+type ReceiveResult = Result<Vec<Message>, String>;
+
 /// Resolves once shutdown is asked for (or can no longer be asked for).
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
@@ -363,6 +378,37 @@ fn report_panic(done: Result<(), tokio::task::JoinError>) {
 }
 
 impl Inner {
+    /// Waits, within bounds, for the long poll `receive` that a shutdown
+    /// interrupted, and makes what it returns visible again at once (see
+    /// [`EventSourceMapping::run`] for why it is not just dropped).
+    async fn finish_receive(&self, receive: impl std::future::Future<Output = ReceiveResult>) {
+        let seconds = u64::try_from(self.config.wait_time_seconds).unwrap_or(0);
+        let bound = Duration::from_secs(seconds) + STOP_GRACE;
+        match tokio::time::timeout(bound, receive).await {
+            Ok(Ok(messages)) => {
+                let messages: Vec<&Message> = messages.iter().collect();
+                if tokio::time::timeout(STOP_GRACE, self.make_visible(&messages, 0))
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(
+                        queue = %self.config.queue_url,
+                        messages = messages.len(),
+                        "ChangeMessageVisibility did not answer at shutdown; \
+                         the messages return after the visibility timeout"
+                    );
+                }
+            }
+            // A failed receive took nothing.
+            Ok(Err(_)) => {}
+            Err(_) => tracing::warn!(
+                queue = %self.config.queue_url,
+                waited_ms = bound.as_millis() as u64,
+                "ReceiveMessage did not answer at shutdown; abandoning it"
+            ),
+        }
+    }
+
     /// Makes failed messages visible again after `retry_visibility`, when
     /// set. A failure here only means the message waits out the queue's
     /// visibility timeout instead.
@@ -400,7 +446,7 @@ impl Inner {
     }
 
     /// One ReceiveMessage call.
-    async fn receive(&self) -> Result<Vec<Message>, String> {
+    async fn receive(&self) -> ReceiveResult {
         let out = self
             .client
             .receive_message()
