@@ -944,8 +944,8 @@ fn rates_table(plan: &Plan, measured: &[Measurement]) -> Table {
         "Checked after every run: every chunk taken is completed and nothing else moved; counts \
          exact; shotlist films that finished were told so by exactly one commit, with one shot \
          per chunk. Lost updates (unprotected only): status changes missing from the final \
-         document (2 for a chunk left pending, 1 for one left processing), median, of the \
-         median number of updates made.",
+         document (2 for a chunk left pending, 1 for one left processing): the median over the \
+         runs, out of the median number of updates made.",
     );
     table
 }
@@ -989,7 +989,7 @@ fn targets_table(settings: &Settings, measured: &[Measurement]) -> Table {
         ]);
         table.row(vec![
             durability.label().to_string(),
-            "shotlist >= 50% of the ceiling".to_string(),
+            "shotlist >= 0.50x the ceiling (50 %)".to_string(),
             report::ratio(ours, ceiling),
             verdict(ours >= 0.5 * ceiling),
         ]);

@@ -127,6 +127,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Some(dir) => dir,
         None => target_dir(&bin_dir).join("bench-films"),
     };
+    // Checked before any work: a bad folder would otherwise show only once
+    // the first question that makes a film is reached.
+    std::fs::create_dir_all(&films)
+        .with_context(|| format!("--films {}: cannot create the folder", films.display()))?;
     let settings = Settings {
         smoke: args.smoke,
         runs: args.runs.unwrap_or(if args.smoke { 1 } else { 5 }) as usize,

@@ -120,7 +120,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Vec<Table>> {
         "The local runner (`shotlist process`'s engine) with {CONCURRENCY} workers and an analyzer \
          that sleeps L per chunk, on a private PostgreSQL (fsync off); wall time from the call to \
          the returned sheet (probe, registration, every claim and commit, finalize); median of {} \
-         films per row.",
+         films per row; fan-in of those films as defined under the next table.",
         settings.runs
     ));
     latency.note(format!(
@@ -234,6 +234,10 @@ fn is_loopback(endpoint: &str) -> bool {
         return false;
     };
     let authority = rest.split('/').next().unwrap_or_default();
+    // `user@host` names host, not user: refuse any user part outright.
+    if authority.contains('@') {
+        return false;
+    }
     let host = match authority.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or_default(),
         None => authority.split(':').next().unwrap_or_default(),
@@ -401,6 +405,7 @@ mod tests {
             "http://169.254.169.254",
             "http://sqs.us-east-1.amazonaws.com",
             "http://127.0.0.1.example.com",
+            "http://localhost:5000@10.1.2.3/",
         ] {
             assert!(!is_loopback(other), "{other}");
         }
