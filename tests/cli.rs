@@ -276,6 +276,20 @@ fn spawn_with_stderr_lines(
     (child, lines, reader)
 }
 
+/// A run ended by Ctrl-C: exit status 130 and `interrupted` as the last
+/// line of `stderr`.
+fn assert_interrupted(status: std::process::ExitStatus, stderr: &[String]) {
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "exit status after Ctrl-C; stderr: {stderr:?}"
+    );
+    assert_eq!(
+        stderr.last().map(String::as_str),
+        Some("shotlist: error: interrupted")
+    );
+}
+
 /// Sends SIGINT to `child`, as Ctrl-C in a terminal does.
 fn interrupt(child: &std::process::Child) {
     let sent = Command::new("kill")
@@ -301,15 +315,7 @@ fn ctrl_c_during_start_up_removes_the_embedded_database() {
     let status = child.wait().expect("shotlist ends");
     let rest: Vec<String> = lines.iter().collect();
     reader.join().expect("reader thread");
-    assert_eq!(
-        status.code(),
-        Some(130),
-        "exit status after Ctrl-C; stderr: {rest:?}"
-    );
-    assert_eq!(
-        rest.last().map(String::as_str),
-        Some("shotlist: error: interrupted")
-    );
+    assert_interrupted(status, &rest);
     let dir = rest
         .iter()
         .find_map(|line| line.split("dir=").nth(1))
@@ -380,15 +386,7 @@ fn ctrl_c_while_the_film_is_still_probed_stops_at_once() {
     let rest: Vec<String> = lines.iter().collect();
     reader.join().expect("reader thread");
     let status = status.expect("Ctrl-C must not wait for the probe to end");
-    assert_eq!(
-        status.code(),
-        Some(130),
-        "exit status after Ctrl-C; stderr: {rest:?}"
-    );
-    assert_eq!(
-        rest.last().map(String::as_str),
-        Some("shotlist: error: interrupted")
-    );
+    assert_interrupted(status, &rest);
     assert!(!dir.exists(), "{} was removed", dir.display());
 }
 

@@ -1229,13 +1229,14 @@ mod tests {
     fn a_world_writable_cache_folder_is_not_used() {
         let cache = tempfile::tempdir().expect("tempdir");
         set_mode(cache.path(), 0o777);
-        let cluster =
-            TempCluster::start_in(Some(cache.path()), false).expect("private postgres starts");
+        assert_starts_without_a_template_in(cache.path(), "a folder others can write to");
+    }
+
+    /// A cluster started with `cache` runs, and leaves nothing in it.
+    fn assert_starts_without_a_template_in(cache: &Path, what: &str) {
+        let cluster = TempCluster::start_in(Some(cache), false).expect("private postgres starts");
         assert_eq!(query_one::<i32>(&runtime(), &cluster, "SELECT 41 + 1"), 42);
-        assert!(
-            entries(cache.path()).is_empty(),
-            "no template in a folder others can write to"
-        );
+        assert!(entries(cache).is_empty(), "no template in {what}");
     }
 
     #[test]
@@ -1250,13 +1251,7 @@ mod tests {
             .expect("a nobody user");
         let cache = tempfile::tempdir().expect("tempdir");
         unistd::chown(cache.path(), Some(nobody.uid), Some(nobody.gid)).expect("chown");
-        let cluster =
-            TempCluster::start_in(Some(cache.path()), false).expect("private postgres starts");
-        assert_eq!(query_one::<i32>(&runtime(), &cluster, "SELECT 41 + 1"), 42);
-        assert!(
-            entries(cache.path()).is_empty(),
-            "no template in another user's folder"
-        );
+        assert_starts_without_a_template_in(cache.path(), "another user's folder");
     }
 
     #[test]

@@ -118,6 +118,7 @@ pub async fn run_local(
 ) -> Result<Sheet, RunError> {
     let analyzer = LocalAnalyzer {
         scene_threshold: options.scene_threshold,
+        decoder_threads: Some(LocalAnalyzer::threads_sharing_cores(options.concurrency)),
         ..LocalAnalyzer::default()
     };
     run_with(db, film, options, Arc::new(analyzer), on_event).await
