@@ -772,6 +772,12 @@ struct ProviderFault {
 /// uses up its three attempts quickly.
 const PROVIDER_CHUNK_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The worker's own limit sits above the analyzer's, so a stalled answer is
+/// always reported by the Gemini client ("timed out"). With equal limits the
+/// two race, and on a busy machine the worker's words ("did not finish
+/// within") could win.
+const WORKER_CHUNK_TIMEOUT: Duration = Duration::from_secs(8);
+
 /// Runs the film with Gemini failing chunk 1 as `fault` says, and checks
 /// what the run ends with. Chunks go one at a time: a 429 rests the only
 /// key for every chunk, and a lone worker sits the rest out itself before
@@ -787,7 +793,7 @@ async fn chunk_1_fails(fault: ProviderFault, film: &Film, reference: &Sheet) {
         video_id: Some(video_id),
         concurrency: 1,
         ..run_options(WorkerConfig {
-            chunk_timeout: PROVIDER_CHUNK_TIMEOUT,
+            chunk_timeout: WORKER_CHUNK_TIMEOUT,
             max_releases: 3,
             ..WorkerConfig::default()
         })
