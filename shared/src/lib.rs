@@ -14,6 +14,7 @@ pub mod db;
 pub mod export;
 pub mod localdb;
 pub mod merge;
+pub mod page;
 pub mod model;
 pub mod plan;
 pub mod probe;

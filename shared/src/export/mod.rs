@@ -16,7 +16,13 @@ use std::path::{Path, PathBuf};
 use tempfile::NamedTempFile;
 
 use crate::model::DialogueLine;
-use crate::sheet::Sheet;
+use crate::sheet::{FilmDetails, Sheet};
+
+mod docx;
+mod trade;
+mod xlsx;
+
+pub use trade::{shot_type_label, trade_dialogue, trade_headers, Lang};
 
 /// The file name of the JSON sheet.
 pub const JSON_FILE: &str = "sheet.json";
@@ -26,6 +32,78 @@ pub const CSV_FILE: &str = "sheet.csv";
 
 /// The CSV header row.
 pub const CSV_HEADER: [&str; 6] = ["number", "start", "end", "type", "description", "dialogue"];
+
+/// A sheet's file formats: the stored sheet as JSON, and the trade's
+/// six-column table as CSV, an Excel workbook or a Word document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Format {
+    Json,
+    Csv,
+    Xlsx,
+    Docx,
+}
+
+impl Format {
+    pub const ALL: [Format; 4] = [Format::Json, Format::Csv, Format::Xlsx, Format::Docx];
+
+    /// The file name extension, without the dot; also the name `--format`
+    /// and the download paths (`sheet.<extension>`) use.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::Csv => "csv",
+            Format::Xlsx => "xlsx",
+            Format::Docx => "docx",
+        }
+    }
+
+    /// The media type to serve the file with.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Json => "application/json",
+            Format::Csv => "text/csv; charset=utf-8",
+            Format::Xlsx => "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+            Format::Docx => {
+                "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.extension())
+    }
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Format, String> {
+        Format::ALL
+            .into_iter()
+            .find(|format| format.extension().eq_ignore_ascii_case(name.trim()))
+            .ok_or_else(|| format!("unknown format {name:?}; expected json, csv, xlsx or docx"))
+    }
+}
+
+/// The sheet in `format`: `Json` is [`json_bytes`] whatever `lang` and
+/// `details` say; the others are the trade's layout, headers and shot
+/// types in `lang`, with the film-details block above the table in XLSX
+/// and DOCX.
+pub fn render(
+    sheet: &Sheet,
+    details: &FilmDetails,
+    format: Format,
+    lang: Lang,
+) -> Result<Vec<u8>, ExportError> {
+    match format {
+        Format::Json => json_bytes(sheet),
+        Format::Csv => trade::csv_bytes(sheet, lang),
+        Format::Xlsx => xlsx::bytes(sheet, details, lang),
+        Format::Docx => docx::bytes(sheet, details, lang),
+    }
+}
 
 /// What went wrong writing a sheet.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +122,12 @@ pub enum ExportError {
     /// The sheet could not be serialized as CSV.
     #[error("could not serialize the sheet as CSV: {0}")]
     Csv(#[source] csv::Error),
+    /// The workbook could not be built.
+    #[error("could not build the XLSX workbook: {0}")]
+    Xlsx(String),
+    /// The document could not be built.
+    #[error("could not build the DOCX document: {0}")]
+    Docx(String),
 }
 
 /// Where [`write_sheet`] put the two files.
