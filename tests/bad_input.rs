@@ -82,12 +82,13 @@ impl Failures {
     }
 }
 
-/// Everything a caller could see of `video_id`, and how many films and
-/// provider uploads there are: what a refused input must leave as it was.
+/// Everything a caller could see of `video_id` (but the database's clock,
+/// the `now` of its progress), and how many films and provider uploads
+/// there are: what a refused input must leave as it was.
 async fn saved_state(client: &tokio_postgres::Client, video_id: Uuid) -> Value {
     let sql = "SELECT jsonb_build_object(
                    'results', public.chunk_results($1),
-                   'progress', public.chunk_progress($1),
+                   'progress', public.chunk_progress($1) - 'now',
                    'sheet', public.get_sheet($1),
                    'films', (SELECT count(*) FROM shotlist.videos),
                    'files', (SELECT count(*) FROM shotlist.provider_files))";
@@ -176,6 +177,10 @@ impl CliRun {
 /// reads.
 async fn shotlist(args: &[String], env: &[(&str, String)]) -> CliRun {
     let mut command = tokio::process::Command::new(shotlist_bin());
+    command.env(
+        "SHOTLIST_SERVE_FILE",
+        shotlist_tests::cli_bin::NO_SERVE_FILE,
+    );
     for name in [
         "DATABASE_URL",
         "RUST_LOG",

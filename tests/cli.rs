@@ -5,31 +5,20 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use shotlist_tests::cli_bin::shotlist_bin;
+use shotlist_tests::cli_bin::{output_of as run, shotlist_command};
 
 /// How long the interrupt test waits for a line before it gives up.
 const LINE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A `shotlist` command with the embedded default database (no
-/// `DATABASE_URL` from the environment) and quiet logs.
+/// `DATABASE_URL` from the environment, and no `shotlist serve` a developer
+/// left running to join) and quiet logs.
 fn shotlist() -> Command {
-    let mut command = Command::new(shotlist_bin());
-    command
-        .env_remove("DATABASE_URL")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null());
-    command
-}
-
-fn run(command: &mut Command) -> (Output, String, String) {
-    let output = command.output().expect("run shotlist");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    (output, stdout, stderr)
+    shotlist_command()
 }
 
 /// The real footage from the shared media folder beside the checkout.
@@ -71,9 +60,19 @@ fn real_film_through_the_embedded_database_gives_a_contiguous_sheet() {
     let json_path = out.path().join("sheet.json");
     let csv_path = out.path().join("sheet.csv");
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 3, "two paths and a summary: {stdout:?}");
+    assert_eq!(
+        lines.len(),
+        5,
+        "four paths (no details.json without details) and a summary: {stdout:?}"
+    );
     assert_eq!(Path::new(lines[0]), json_path);
     assert_eq!(Path::new(lines[1]), csv_path);
+    assert_eq!(Path::new(lines[2]), out.path().join("sheet.xlsx"));
+    assert_eq!(Path::new(lines[3]), out.path().join("sheet.docx"));
+    assert!(
+        !out.path().join("details.json").exists(),
+        "no details given"
+    );
 
     let sheet: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&json_path).expect("read sheet.json"))
@@ -105,7 +104,7 @@ fn real_film_through_the_embedded_database_gives_a_contiguous_sheet() {
     assert_eq!(last["end"], "00:00:07:15");
 
     let summary = format!("{} shots, 1/1 chunks completed, 0 failed", shots.len());
-    assert_eq!(lines[2], summary);
+    assert_eq!(lines[4], summary);
 
     let mut reader = csv::Reader::from_path(&csv_path).expect("open sheet.csv");
     let header: Vec<String> = reader
@@ -246,6 +245,35 @@ fn help_does_not_show_the_database_url_from_the_environment() {
     assert!(
         !stdout.contains("secretpw"),
         "password shown in --help: {stdout}"
+    );
+}
+
+#[test]
+fn export_from_an_unreachable_database_never_shows_the_password() {
+    let url = "postgresql://u:secretpw@127.0.0.1:1/x";
+    let id = "5b0c2f5e-7a49-4c1e-9d0a-4a1f1c7d2e10";
+    let stderr = assert_one_line_error(
+        shotlist().args(["export", id, "--format", "xlsx", "--database-url", url]),
+        "127.0.0.1",
+    );
+    assert!(!stderr.contains("secretpw"), "password leaked: {stderr:?}");
+
+    let (output, stdout, stderr) = run(shotlist()
+        .args(["export", id, "--format", "xlsx"])
+        .env("DATABASE_URL", url)
+        .env("RUST_LOG", "trace"));
+    assert!(!output.status.success());
+    assert!(
+        !stdout.contains("secretpw") && !stderr.contains("secretpw"),
+        "password leaked: {stderr:?}"
+    );
+    let (output, stdout, _) = run(shotlist()
+        .args(["export", "--help"])
+        .env("DATABASE_URL", url));
+    assert!(output.status.success());
+    assert!(
+        stdout.contains("--database-url") && !stdout.contains("secretpw"),
+        "{stdout}"
     );
 }
 

@@ -1,7 +1,8 @@
-//! The HTTP API (submit, status, finalize, force-finalize) fed API Gateway
-//! HTTP API v2 events through lambda_http, against a real PostgreSQL and a
-//! real generated film: authorization, bad bodies, idempotent submission,
-//! and force-finalize of a stuck film.
+//! The HTTP API (submit, status, downloads, the progress page, finalize,
+//! force-finalize) fed API Gateway HTTP API v2 events through lambda_http,
+//! against a real PostgreSQL and a real generated film: authorization, bad
+//! bodies, idempotent submission, film details, the sheet's files, and
+//! force-finalize of a stuck film.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,15 +11,17 @@ use serde_json::{json, Value};
 use shotlist_shared::cloud::api::{Api, Endpoint, SourceRoot};
 use shotlist_shared::cloud::auth::Verifier;
 use shotlist_shared::db::{Claim, Db, DbError, Outcome};
+use shotlist_shared::export::{self, Format, Lang};
 use shotlist_shared::model::{Shot, ShotType};
 use shotlist_shared::plan::PlanParams;
 use shotlist_shared::probe::ProbeOptions;
 use shotlist_shared::time::Fps;
 use shotlist_tests::cloud::{
-    bearer, http_request, read_response, service_token, user_token, RecordingQueue, JWT_SECRET,
+    bearer, http_event, http_request, read_response, service_token, user_token, RecordingQueue,
+    JWT_SECRET,
 };
 use shotlist_tests::film::{film_dir, make_film, Film};
-use shotlist_tests::pg::fresh_db;
+use shotlist_tests::pg::{connect, fresh_db};
 use uuid::Uuid;
 
 /// 200 s at 25 fps: two chunks.
@@ -92,7 +95,9 @@ impl Setup {
 
     /// What a caller could observe of a film: progress, sheet, queue.
     async fn snapshot(&self, video_id: Uuid) -> (Value, Option<Value>, usize) {
-        let progress = self.db.chunk_progress(video_id).await.unwrap();
+        let mut progress = self.db.chunk_progress(video_id).await.unwrap();
+        // The database's clock, the one thing that changes by itself.
+        progress.as_object_mut().unwrap().remove("now");
         let sheet = self
             .db
             .get_sheet(video_id)
@@ -593,4 +598,644 @@ async fn force_finalize_with_retry_queues_the_unfinished_chunks_again() {
         .call("POST", &path, Some(&token), Some(r#"{"retry": "yes"}"#))
         .await;
     assert_eq!((status, answer["field"].as_str()), (400, Some("retry")));
+}
+
+// Film details, downloads and the progress page.
+
+impl Setup {
+    /// The raw answer to a request whose query string is `query`.
+    async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        query: &str,
+        auth: Option<&str>,
+    ) -> lambda_http::Response<lambda_http::Body> {
+        let mut event = http_event(method, path, auth, None);
+        event["rawQueryString"] = json!(query);
+        let request = lambda_http::request::from_str(&event.to_string()).expect("a valid event");
+        self.api.handle(&Endpoint::ALL, request).await
+    }
+}
+
+/// A response's header, or "" when it has none.
+fn header<'a>(response: &'a lambda_http::Response<lambda_http::Body>, name: &str) -> &'a str {
+    response
+        .headers()
+        .get(name)
+        .map(|v| v.to_str().expect("a text header"))
+        .unwrap_or("")
+}
+
+fn body_bytes(response: &lambda_http::Response<lambda_http::Body>) -> Vec<u8> {
+    match response.body() {
+        lambda_http::Body::Text(t) => t.as_bytes().to_vec(),
+        lambda_http::Body::Binary(b) => b.clone(),
+        lambda_http::Body::Empty => Vec::new(),
+        _ => panic!("an unexpected body"),
+    }
+}
+
+fn body_json(response: &lambda_http::Response<lambda_http::Body>) -> Value {
+    serde_json::from_slice(&body_bytes(response)).expect("a JSON body")
+}
+
+/// Whether `text` is a UTC time as chunk_progress writes them:
+/// `2026-12-04T12:00:00.000Z`.
+fn is_utc_rfc3339(text: &str) -> bool {
+    let shape = text
+        .chars()
+        .map(|c| if c.is_ascii_digit() { '9' } else { c })
+        .collect::<String>();
+    shape == "9999-99-99T99:99:99.999Z"
+}
+
+#[tokio::test]
+async fn film_details_given_at_submit_show_in_the_progress_document_and_a_resubmission_replaces_them(
+) {
+    let s = setup().await;
+    let owner = Uuid::new_v4();
+    let token = user_token(owner);
+    let details = json!({
+        "title": "  Сталкер  ",
+        "year": "1979",
+        "director": "Андрей Тарковский",
+        "studio": "Мосфильм",
+        "country": "СССР",
+    });
+    let (status, answer) = s
+        .submit_as(&token, json!({ "source": s.key, "details": details }))
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["videoId"].as_str().unwrap().to_string();
+    let path = format!("/videos/{id}");
+    let (status, progress) = s.call("GET", &path, Some(&token), None).await;
+    assert_eq!(status, 200, "{progress}");
+    assert_eq!(
+        progress["details"],
+        json!({
+            "title": "Сталкер",
+            "year": "1979",
+            "director": "Андрей Тарковский",
+            "studio": "Мосфильм",
+            "country": "СССР",
+        }),
+        "stored trimmed"
+    );
+    // The rest of the contract of the progress document.
+    for key in ["createdAt", "now"] {
+        let time = progress[key].as_str().unwrap_or_default();
+        assert!(is_utc_rfc3339(time), "{key}: {progress}");
+    }
+    assert!(progress["createdAt"].as_str() <= progress["now"].as_str());
+    let chunks = progress["chunks"].as_array().unwrap();
+    assert_eq!(chunks.len(), 2);
+    for chunk in chunks {
+        for key in [
+            "index",
+            "status",
+            "startTimecode",
+            "endTimecode",
+            "attempts",
+            "error",
+        ] {
+            assert!(chunk.get(key).is_some(), "{key}: {chunk}");
+        }
+        let updated = chunk["updatedAt"].as_str().unwrap_or_default();
+        assert!(is_utc_rfc3339(updated), "{chunk}");
+    }
+
+    // Submitting again without details keeps them; with details replaces
+    // them whole.
+    let (status, _) = s
+        .submit_as(&token, json!({ "source": s.key, "videoId": id }))
+        .await;
+    assert_eq!(status, 200);
+    let stored = s.db.video_details(id.parse().unwrap()).await.unwrap();
+    assert_eq!(stored.title.as_deref(), Some("Сталкер"));
+    let (status, _) = s
+        .submit_as(
+            &token,
+            json!({ "source": s.key, "videoId": id, "details": { "title": "Зеркало" } }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, progress) = s.call("GET", &path, Some(&token), None).await;
+    assert_eq!(progress["details"], json!({ "title": "Зеркало" }));
+    assert_eq!(s.queue.sent().len(), 2, "resubmissions queue nothing");
+}
+
+#[tokio::test]
+async fn bad_film_details_are_refused_naming_the_field_and_register_nothing() {
+    let s = setup().await;
+    let id = Uuid::new_v4();
+    let token = service_token();
+    let cases: Vec<(Value, &str, &str)> = vec![
+        (json!("Сталкер"), "details", "must be an object"),
+        (json!(["Сталкер"]), "details", "must be an object"),
+        (json!({ "titel": "Сталкер" }), "details", "titel"),
+        (json!({ "year": 1979 }), "details.year", "must be a string"),
+        (
+            json!({ "studio": ["Мосфильм"] }),
+            "details.studio",
+            "string",
+        ),
+        (
+            json!({ "title": "Сталкер\nDROP TABLE shotlist.videos" }),
+            "details.title",
+            "line break",
+        ),
+        (
+            json!({ "director": "Я".repeat(301) }),
+            "details.director",
+            "300",
+        ),
+        (
+            json!({ "country": "\u{1b}[31mСССР" }),
+            "details.country",
+            "control",
+        ),
+    ];
+    for (details, field, says) in cases {
+        let body = json!({ "source": s.key, "videoId": id, "details": details });
+        let (status, answer) = s.submit_as(&token, body.clone()).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert_eq!(answer["field"].as_str(), Some(field), "{body}: {answer}");
+        let error = answer["error"].as_str().unwrap();
+        assert!(error.contains(says), "{body}: {error}");
+    }
+    assert!(matches!(
+        s.db.video_owner(id).await,
+        Err(DbError::NotFound(_))
+    ));
+    assert!(s.queue.sent().is_empty());
+    // null is "no details".
+    let (status, answer) = s
+        .submit_as(
+            &token,
+            json!({ "source": s.key, "videoId": id, "details": null }),
+        )
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    assert!(s.db.video_details(id).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn the_progress_page_is_served_without_a_token_with_a_strict_policy_and_loads_nothing_from_elsewhere(
+) {
+    let s = setup().await;
+    let id = s.submitted(Uuid::new_v4()).await;
+    // Any well-formed id gets the same page: it holds no film's data.
+    for film in [id, Uuid::new_v4()] {
+        let page = s
+            .raw("GET", &format!("/videos/{film}/progress"), "", None)
+            .await;
+        assert_eq!(page.status(), 200);
+        assert_eq!(header(&page, "content-type"), "text/html; charset=utf-8");
+        assert_eq!(header(&page, "cache-control"), "no-store");
+        assert_eq!(header(&page, "x-content-type-options"), "nosniff");
+        assert_eq!(header(&page, "referrer-policy"), "no-referrer");
+        let csp = header(&page, "content-security-policy");
+        for directive in [
+            "default-src 'self'",
+            "connect-src 'self'",
+            "frame-ancestors 'none'",
+        ] {
+            assert!(csp.contains(directive), "{directive} in {csp}");
+        }
+        assert!(!csp.contains("http"), "no other origin in {csp}");
+        let html = String::from_utf8(body_bytes(&page)).unwrap();
+        assert_eq!(html, shotlist_shared::page::PROGRESS_PAGE);
+    }
+    let html = shotlist_shared::page::PROGRESS_PAGE.to_ascii_lowercase();
+    let compact: String = html.chars().filter(|c| !c.is_whitespace()).collect();
+    for attribute in ["src=", "href=", "url("] {
+        for quote in ["", "\"", "'"] {
+            for scheme in ["http:", "https:", "//"] {
+                let external = format!("{attribute}{quote}{scheme}");
+                assert!(!compact.contains(&external), "the page has {external}");
+            }
+        }
+    }
+    assert!(
+        !compact.contains("@import"),
+        "the page imports a stylesheet"
+    );
+
+    // A malformed id is not a page; nor is another method.
+    for path in [
+        "/videos/not-a-uuid/progress",
+        "/videos/1%27%20OR%201%3D1/progress",
+    ] {
+        let answer = s.raw("GET", path, "", None).await;
+        assert_eq!(answer.status(), 404, "{path}");
+    }
+    let answer = s
+        .raw("POST", &format!("/videos/{id}/progress"), "", None)
+        .await;
+    assert_eq!(answer.status(), 405);
+}
+
+#[tokio::test]
+async fn downloads_answer_409_until_the_sheet_exists_then_every_format_with_its_type_and_name() {
+    let s = setup().await;
+    let owner = Uuid::new_v4();
+    let token = user_token(owner);
+    let (status, answer) = s
+        .submit_as(
+            &token,
+            json!({ "source": s.key, "details": { "title": "Сталкер", "year": "1979" } }),
+        )
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    let id: Uuid = answer["videoId"].as_str().unwrap().parse().unwrap();
+    let csv_path = format!("/videos/{id}/sheet.csv");
+
+    let not_yet = |done: u32| format!("video {id} has no sheet yet: {done} of 2 chunks done");
+    let answer = s.raw("GET", &csv_path, "lang=ru", Some(&token)).await;
+    assert_eq!(answer.status(), 409);
+    assert_eq!(body_json(&answer)["error"], not_yet(0));
+    let spoken = Shot {
+        start_frame: 1_000,
+        end_frame: 4_500,
+        shot_type: ShotType::CloseUp,
+        description: "Сталкер идёт по рельсам\nТитр: «Зона»".into(),
+        dialogue: vec![shotlist_shared::model::DialogueLine {
+            speaker: "Писатель".into(),
+            line: "Куда мы идём?".into(),
+            offscreen: false,
+            start_frame: None,
+        }],
+    };
+    complete(&s.db, id, 0, &[shot(0, 1_000, "a"), spoken]).await;
+    let answer = s.raw("GET", &csv_path, "", Some(&token)).await;
+    assert_eq!(answer.status(), 409);
+    assert_eq!(body_json(&answer)["error"], not_yet(1));
+    complete(&s.db, id, 1, &[shot(4_125, 5_000, "c")]).await;
+    // Finished, but finalize has not run yet: still no sheet.
+    let answer = s.raw("GET", &csv_path, "", Some(&token)).await;
+    assert_eq!(answer.status(), 409);
+    assert_eq!(body_json(&answer)["error"], not_yet(2));
+    let (status, finalized) = s
+        .call(
+            "POST",
+            &format!("/videos/{id}/finalize"),
+            Some(&service_token()),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{finalized}");
+    let sheet: shotlist_shared::sheet::Sheet =
+        serde_json::from_value(finalized["sheet"].clone()).unwrap();
+    let details = s.db.video_details(id).await.unwrap();
+    assert_eq!(details.title.as_deref(), Some("Сталкер"));
+
+    for (ext, query, lang, name) in [
+        ("json", "", "en", format!("shotlist-{id}.json")),
+        ("json", "lang=ru", "ru", format!("shotlist-{id}.json")),
+        ("csv", "", "en", format!("shotlist-{id}.en.csv")),
+        ("csv", "lang=ru", "ru", format!("shotlist-{id}.ru.csv")),
+        ("xlsx", "lang=en", "en", format!("shotlist-{id}.en.xlsx")),
+        (
+            "xlsx",
+            "x=1&lang=ru",
+            "ru",
+            format!("shotlist-{id}.ru.xlsx"),
+        ),
+        ("docx", "", "en", format!("shotlist-{id}.en.docx")),
+        ("docx", "lang=ru", "ru", format!("shotlist-{id}.ru.docx")),
+    ] {
+        let format: Format = ext.parse().unwrap();
+        let path = format!("/videos/{id}/sheet.{ext}");
+        let case = format!("{path}?{query}");
+        let answer = s.raw("GET", &path, query, Some(&token)).await;
+        let bytes = body_bytes(&answer);
+        assert_eq!(
+            answer.status(),
+            200,
+            "{case}: {}",
+            String::from_utf8_lossy(&bytes)
+        );
+        assert_eq!(
+            header(&answer, "content-type"),
+            format.content_type(),
+            "{case}"
+        );
+        assert_eq!(
+            header(&answer, "content-disposition"),
+            format!("attachment; filename=\"{name}\""),
+            "{case}"
+        );
+        assert!(
+            matches!(answer.body(), lambda_http::Body::Binary(_)),
+            "{case}: binary, so that API Gateway gets it base64-encoded"
+        );
+        let lang: Lang = lang.parse().unwrap();
+        match format {
+            Format::Json => {
+                let served: Value = serde_json::from_slice(&bytes).unwrap();
+                assert_eq!(served, finalized["sheet"], "{case}");
+            }
+            Format::Csv => {
+                let expected = export::render(&sheet, &details, format, lang).unwrap();
+                assert_eq!(bytes, expected, "{case}");
+                let text = String::from_utf8(bytes).unwrap();
+                let headers = export::trade_headers(lang);
+                assert!(text.contains(headers[0]), "{case}: {text}");
+                assert!(
+                    text.contains("Сталкер идёт по рельсам\nТитр: «Зона»"),
+                    "{text}"
+                );
+                assert!(text.contains("ПИСАТЕЛЬ\nКуда мы идём?"), "{text}");
+                let close_up = export::shot_type_label(ShotType::CloseUp, lang);
+                assert!(text.contains(close_up), "{case}: {close_up} in {text}");
+            }
+            Format::Xlsx | Format::Docx => {
+                assert!(bytes.starts_with(b"PK\x03\x04"), "{case}: a zip file");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn downloads_are_refused_to_other_users_and_for_unknown_formats_languages_and_films() {
+    let s = setup().await;
+    let owner = Uuid::new_v4();
+    let id = s.submitted(owner).await;
+    complete(&s.db, id, 0, &[shot(0, 4_500, "a")]).await;
+    complete(&s.db, id, 1, &[shot(4_500, 5_000, "b")]).await;
+    s.db.finalize(id).await.unwrap();
+    let mine = user_token(owner);
+    let answer = s
+        .raw("GET", &format!("/videos/{id}/sheet.csv"), "", Some(&mine))
+        .await;
+    assert_eq!(answer.status(), 200, "the owner may");
+    let answer = s
+        .raw(
+            "GET",
+            &format!("/videos/{id}/sheet.docx"),
+            "",
+            Some(&service_token()),
+        )
+        .await;
+    assert_eq!(answer.status(), 200, "the service role may");
+
+    let unknown = Uuid::new_v4();
+    let unknown_text = unknown.to_string();
+    let someone = user_token(Uuid::new_v4());
+    // (case, path, query, Authorization, status, field, the error says)
+    type Case<'a> = (
+        &'a str,
+        String,
+        &'a str,
+        Option<&'a str>,
+        u16,
+        Option<&'a str>,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "no token",
+            format!("/videos/{id}/sheet.csv"),
+            "",
+            None,
+            401,
+            None,
+            "",
+        ),
+        (
+            "another user",
+            format!("/videos/{id}/sheet.xlsx"),
+            "",
+            Some(&someone),
+            403,
+            None,
+            "another user",
+        ),
+        (
+            "unknown format",
+            format!("/videos/{id}/sheet.pdf"),
+            "",
+            Some(&mine),
+            400,
+            Some("format"),
+            "\"pdf\"",
+        ),
+        (
+            "no format",
+            format!("/videos/{id}/sheet."),
+            "",
+            Some(&mine),
+            400,
+            Some("format"),
+            "unknown format",
+        ),
+        (
+            "not a sheet",
+            format!("/videos/{id}/notes.csv"),
+            "",
+            Some(&mine),
+            404,
+            None,
+            "no route",
+        ),
+        (
+            "unknown lang",
+            format!("/videos/{id}/sheet.csv"),
+            "lang=de",
+            Some(&mine),
+            400,
+            Some("lang"),
+            "\"de\"",
+        ),
+        (
+            "empty lang",
+            format!("/videos/{id}/sheet.docx"),
+            "lang=",
+            Some(&mine),
+            400,
+            Some("lang"),
+            "lang",
+        ),
+        (
+            "unknown film",
+            format!("/videos/{unknown}/sheet.csv"),
+            "",
+            Some(&mine),
+            404,
+            None,
+            &unknown_text,
+        ),
+        (
+            "bad id",
+            "/videos/x/sheet.csv".to_string(),
+            "",
+            Some(&mine),
+            400,
+            Some("id"),
+            "not a UUID",
+        ),
+    ];
+    for (case, path, query, auth, status, field, says) in cases {
+        let answer = s.raw("GET", &path, query, auth).await;
+        assert_eq!(answer.status(), status, "{case}");
+        let body = body_json(&answer);
+        assert_eq!(body["field"].as_str(), field, "{case}: {body}");
+        let error = body["error"].as_str().unwrap_or_default();
+        assert!(!error.is_empty() && error.contains(says), "{case}: {body}");
+    }
+    let answer = s
+        .raw("POST", &format!("/videos/{id}/sheet.csv"), "", Some(&mine))
+        .await;
+    assert_eq!(answer.status(), 405, "downloads are GET only");
+}
+
+// The SQL side of the details.
+
+#[tokio::test]
+async fn set_video_details_twice_and_concurrently_ends_with_one_callers_details_whole() {
+    let s = setup().await;
+    let id = s.submitted(Uuid::new_v4()).await;
+    let details = |n: usize| shotlist_shared::sheet::FilmDetails {
+        title: Some(format!("Фильм {n}")),
+        year: Some(format!("{}", 1960 + n)),
+        director: n.is_multiple_of(2).then(|| format!("Режиссёр {n}")),
+        ..Default::default()
+    };
+    s.db.set_video_details(id, &details(1)).await.unwrap();
+    s.db.set_video_details(id, &details(2)).await.unwrap();
+    assert_eq!(s.db.video_details(id).await.unwrap(), details(2));
+
+    let writers = (0..20).map(|n| {
+        let db = s.db.clone();
+        let written = details(n);
+        async move { db.set_video_details(id, &written).await }
+    });
+    for result in futures::future::join_all(writers).await {
+        result.expect("no writer fails");
+    }
+    let stored = s.db.video_details(id).await.unwrap();
+    assert!(
+        (0..20).any(|n| stored == details(n)),
+        "one writer's details, not a mix: {stored:?}"
+    );
+    let progress = s.db.chunk_progress(id).await.unwrap();
+    assert_eq!(progress["details"], serde_json::to_value(&stored).unwrap());
+    // Clearing them.
+    s.db.set_video_details(id, &Default::default())
+        .await
+        .unwrap();
+    assert!(s.db.video_details(id).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn set_video_details_refuses_an_unknown_film_and_details_no_sheet_could_show() {
+    let (db, url) = fresh_db().await;
+    let unknown = Uuid::new_v4();
+    let given = shotlist_shared::sheet::FilmDetails {
+        title: Some("Сталкер".into()),
+        ..Default::default()
+    };
+    assert!(matches!(
+        db.set_video_details(unknown, &given).await,
+        Err(DbError::NotFound(_))
+    ));
+    assert!(matches!(
+        db.video_details(unknown).await,
+        Err(DbError::NotFound(_))
+    ));
+
+    // Past the Rust checks, straight to the function.
+    let id = Uuid::new_v4();
+    db.register_video(id, 200.0, PlanParams::default())
+        .await
+        .unwrap();
+    let client = connect(&url).await;
+    client.batch_execute("SET ROLE service_role").await.unwrap();
+    for (bad, says) in [
+        ("'[]'", "must be a JSON object"),
+        ("'null'", "must be a JSON object"),
+        ("NULL", "must be a JSON object"),
+        (r#"'{"colour": "red"}'"#, "unknown film detail colour"),
+        (r#"'{"year": 1979}'"#, "must be a string"),
+        (r#"'{"title": "a\nb"}'"#, "one line"),
+        (r#"'{"title": "a\u0085b"}'"#, "one line"),
+    ] {
+        let sql = format!("SELECT public.set_video_details($1, {bad}::jsonb)");
+        let error = client
+            .query_typed(&sql, &[(&id, tokio_postgres::types::Type::UUID)])
+            .await
+            .expect_err(bad);
+        let db_error = error.as_db_error().expect("a database error");
+        assert_eq!(db_error.code().code(), "22023", "{bad}");
+        assert!(
+            db_error.message().contains(says),
+            "{bad}: {}",
+            db_error.message()
+        );
+    }
+    assert!(
+        db.video_details(id).await.unwrap().is_empty(),
+        "nothing stored"
+    );
+    // 300 characters are 300, however many bytes they take.
+    let longest = json!({ "title": "Я".repeat(300) });
+    client
+        .query_typed(
+            "SELECT 1 FROM public.set_video_details($1, $2)",
+            &[
+                (&id, tokio_postgres::types::Type::UUID),
+                (&longest, tokio_postgres::types::Type::JSONB),
+            ],
+        )
+        .await
+        .expect("300 Cyrillic characters are taken");
+    // The table refuses a non-object even from its owner.
+    client.batch_execute("RESET ROLE").await.unwrap();
+    let error = client
+        .query_typed(
+            "UPDATE shotlist.videos SET details = '[]' WHERE video_id = $1",
+            &[(&id, tokio_postgres::types::Type::UUID)],
+        )
+        .await
+        .expect_err("a CHECK");
+    assert_eq!(error.code().map(|c| c.code()), Some("23514"));
+}
+
+#[tokio::test]
+async fn migration_0008_applies_again_over_stored_details_and_keeps_them() {
+    let (db, url) = fresh_db().await;
+    let s_id = Uuid::new_v4();
+    db.register_video(s_id, 200.0, PlanParams::default())
+        .await
+        .unwrap();
+    let given = shotlist_shared::sheet::FilmDetails {
+        title: Some("Солярис".into()),
+        country: Some("СССР".into()),
+        ..Default::default()
+    };
+    db.set_video_details(s_id, &given).await.unwrap();
+    let client = connect(&url).await;
+    let (_, sql) = shotlist_shared::db::MIGRATIONS
+        .iter()
+        .find(|(name, _)| *name == "0008_film_details")
+        .expect("0008 is registered");
+    for round in 0..2 {
+        client
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("applying 0008 again, round {round}: {e}"));
+    }
+    assert_eq!(db.video_details(s_id).await.unwrap(), given);
+    assert!(db.migrate().await.unwrap().is_empty());
+    let constraints: i64 = client
+        .query_typed_one(
+            "SELECT count(*) FROM pg_catalog.pg_constraint \
+             WHERE conrelid = 'shotlist.videos'::regclass AND conname = 'videos_details_check'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(constraints, 1, "one CHECK, however often applied");
 }

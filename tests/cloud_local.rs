@@ -343,3 +343,52 @@ async fn a_message_that_keeps_failing_ends_in_the_dlq_and_its_chunk_fails_with_t
     assert_eq!(body["chunkIndex"], 1);
     assert_eq!(body["videoId"], report.video_id.to_string());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shotlist_cloud_submits_the_film_details_with_the_film_and_writes_them_beside_the_sheet() {
+    let endpoint = std::env::var("SHOTLIST_TEST_SQS_URL")
+        .ok()
+        .filter(|url| !url.is_empty())
+        .expect("SHOTLIST_TEST_SQS_URL is not set: start moto with eval \"$(scripts/moto start)\"");
+    let fps = Fps::new(25, 1).expect("25 fps");
+    let film = tokio::task::spawn_blocking(move || {
+        make_film(&film_dir(), fps, &[1_000, 3_000], 5_000, false)
+    })
+    .await
+    .expect("film made");
+    let (db, url) = fresh_db().await;
+    let out = tempfile::tempdir().expect("tempdir");
+    let id = Uuid::new_v4();
+    let output = shotlist_tests::cli_bin::shotlist_command()
+        .arg("cloud")
+        .arg(&film.path)
+        .args(["--sqs-endpoint", &endpoint, "--database-url", &url])
+        .args([
+            "--queue-prefix",
+            &format!("test-{}", Uuid::new_v4().simple()),
+        ])
+        .args(["--video-id", &id.to_string(), "--lang", "ru"])
+        .args(["--title", "Сталкер", "--year", "1979"])
+        .arg("--out")
+        .arg(out.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run shotlist cloud");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "shotlist cloud failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let details = shotlist_shared::sheet::FilmDetails {
+        title: Some("Сталкер".into()),
+        year: Some("1979".into()),
+        ..Default::default()
+    };
+    assert_eq!(db.video_details(id).await.expect("stored"), details);
+    let written = out.path().join("details.json");
+    assert!(stdout.contains(&written.display().to_string()), "{stdout}");
+    let read: shotlist_shared::sheet::FilmDetails =
+        serde_json::from_slice(&std::fs::read(&written).expect("read")).expect("details");
+    assert_eq!(read, details);
+}

@@ -765,3 +765,48 @@ async fn process_chunk_refuses_an_ai_analyzer_without_keys_or_with_a_bad_list() 
     assert!(bad.contains("GEMINI_API_KEYS: key 2"), "{bad}");
     assert!(!bad.contains(secret), "a key leaked:\n{bad}");
 }
+
+#[tokio::test]
+async fn status_sends_sheet_files_base64_encoded_and_the_progress_page_as_text_through_the_runtime_api(
+) {
+    let (db, url) = fresh_db().await;
+    let video = film(&db, 2).await;
+    db.finalize(video).await.expect("finalize");
+    let mut function = Function::start("status", &function_config(&url)).await;
+    let service = service_token();
+
+    let xlsx = format!("/videos/{video}/sheet.xlsx");
+    let mut event = http_event("GET", &xlsx, "/videos/{id}/{file}", Some(&service));
+    event["rawQueryString"] = json!("lang=ru");
+    let response = function.respond(event).await;
+    assert_eq!(response["statusCode"], json!(200), "{response}");
+    assert_eq!(response["isBase64Encoded"], json!(true), "{response}");
+    // "PK\x03\x04", a zip file's first bytes, in base64.
+    let body = response["body"].as_str().unwrap_or_default();
+    assert!(body.starts_with("UEsDB"), "{response}");
+    assert_eq!(
+        response["headers"]["content-disposition"],
+        json!(format!("attachment; filename=\"shotlist-{video}.ru.xlsx\"")),
+        "{response}"
+    );
+
+    // The page needs no token and is sent as it is.
+    let page = format!("/videos/{video}/progress");
+    let response = function
+        .respond(http_event("GET", &page, "/videos/{id}/progress", None))
+        .await;
+    assert_eq!(response["statusCode"], json!(200), "{response}");
+    assert_ne!(response["isBase64Encoded"], json!(true), "{response}");
+    assert_eq!(
+        response["body"].as_str(),
+        Some(shotlist_shared::page::PROGRESS_PAGE),
+        "the page, byte for byte"
+    );
+    assert_eq!(
+        response["headers"]["content-type"],
+        json!("text/html; charset=utf-8"),
+        "{response}"
+    );
+
+    function.assert_healthy(2).await;
+}

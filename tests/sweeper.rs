@@ -8,7 +8,7 @@
 //! that a test cannot wait for (a stale period of an hour) is made to have
 //! passed by moving the rows' timestamps back.
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ use shotlist_shared::sweep::{
     SweepOptions, SweepReport,
 };
 use shotlist_shared::worker::{self, Done, WorkerConfig};
-use shotlist_tests::cli_bin::shotlist_bin;
+use shotlist_tests::cli_bin::shotlist_command;
 use shotlist_tests::cloud::{RecordingQueue, ScriptedAnalyzer};
 use shotlist_tests::fixtures::{chunk_state, described_film, media};
 use shotlist_tests::pg::{connect, fresh_db};
@@ -860,13 +860,7 @@ async fn sweep_chunks_is_for_the_service_role_only() {
 /// A `shotlist` command with quiet logs and no database from the
 /// environment.
 fn shotlist() -> Command {
-    let mut command = Command::new(shotlist_bin());
-    command
-        .env_remove("DATABASE_URL")
-        .env_remove("RUST_LOG")
-        .env_remove("SHOTLIST_SQS_ENDPOINT")
-        .stdin(Stdio::null());
-    command
+    shotlist_command()
 }
 
 /// Runs `shotlist` off the async threads; its output as text.

@@ -18,9 +18,11 @@ use shotlist_tests::FUNCTIONS;
 use uuid::Uuid;
 
 /// The HTTP API's routes and the function that serves each.
-const ROUTES: [(&str, &str, &str); 4] = [
+const ROUTES: [(&str, &str, &str); 6] = [
     ("POST", "/videos", "submit"),
     ("GET", "/videos/{id}", "status"),
+    ("GET", "/videos/{id}/progress", "status"),
+    ("GET", "/videos/{id}/{file}", "status"),
     ("POST", "/videos/{id}/finalize", "finalize"),
     ("POST", "/videos/{id}/force-finalize", "force-finalize"),
 ];

@@ -6,8 +6,10 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use shotlist_shared::analyzer::local::LocalAnalyzer;
 use shotlist_shared::analyzer::setup::{self, AnalyzerKind, AnalyzerSetup};
+use shotlist_shared::export::Lang;
 use shotlist_shared::plan::PlanParams;
 use shotlist_shared::runner::RunOptions;
+use shotlist_shared::sheet::FilmDetails;
 use shotlist_shared::sweep::SweepOptions;
 use shotlist_shared::worker::{self, WorkerConfig};
 use uuid::Uuid;
@@ -40,6 +42,36 @@ pub enum Command {
     /// sheet are finalized; with --sqs-endpoint the chunk and finalize
     /// messages are sent as the sweeper function does.
     Sweep(SweepArgs),
+    /// Write a finished film's sheet as one file: json, csv, xlsx or docx,
+    /// the last three in the trade's layout (--lang en|ru), read from the
+    /// database or from the folder `process` wrote.
+    Export(crate::export::ExportArgs),
+    /// Serve the progress page and the sheets of a database's films on
+    /// 127.0.0.1 until Ctrl-C; while it runs, `process` uses its database
+    /// and prints each film's page.
+    Serve(ServeArgs),
+}
+
+/// `shotlist serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// PostgreSQL whose films to serve; without it a private, temporary
+    /// PostgreSQL is started and removed when serve stops.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
+    pub database_url: Option<String>,
+    /// The port on 127.0.0.1 to listen on; 0 takes any free port.
+    #[arg(long, value_name = "PORT", default_value_t = crate::serve::DEFAULT_PORT)]
+    pub port: u16,
+}
+
+impl ServeArgs {
+    /// The settings; an empty DATABASE_URL counts as unset, as for `process`.
+    pub fn validate(self) -> crate::serve::ServeSettings {
+        crate::serve::ServeSettings {
+            database_url: self.database_url.filter(|url| !url.trim().is_empty()),
+            port: self.port,
+        }
+    }
 }
 
 /// `shotlist cloud`.
@@ -184,6 +216,56 @@ pub struct ProcessArgs {
         allow_negative_numbers = true
     )]
     pub lease_seconds: String,
+    #[command(flatten)]
+    pub details: DetailsArgs,
+    /// The language of sheet.xlsx's and sheet.docx's headers and shot
+    /// types: en or ru.
+    #[arg(long, value_name = "en|ru", default_value = "en")]
+    pub lang: String,
+}
+
+/// The film details a delivery sheet shows above its table, as flags of
+/// `process`, `cloud` and `export`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct DetailsArgs {
+    /// The film's title, for the details above the table of sheet.xlsx and
+    /// sheet.docx.
+    #[arg(long, value_name = "TEXT")]
+    pub title: Option<String>,
+    /// The year of production, as it should be written ("1979").
+    #[arg(long, value_name = "TEXT")]
+    pub year: Option<String>,
+    /// The film's director.
+    #[arg(long, value_name = "TEXT")]
+    pub director: Option<String>,
+    /// The production company or studio.
+    #[arg(long, value_name = "TEXT")]
+    pub studio: Option<String>,
+    /// The country of production.
+    #[arg(long, value_name = "TEXT")]
+    pub country: Option<String>,
+}
+
+impl DetailsArgs {
+    /// The details, trimmed; a value that is too long or not one line is
+    /// refused naming its flag.
+    pub fn checked(self) -> Result<FilmDetails, ArgError> {
+        FilmDetails {
+            title: self.title,
+            year: self.year,
+            director: self.director,
+            studio: self.studio,
+            country: self.country,
+        }
+        .checked()
+        .map_err(|(field, message)| ArgError(format!("--{field}: {message}")))
+    }
+}
+
+/// Reads `--lang`.
+pub fn parse_lang(code: &str) -> Result<Lang, ArgError> {
+    code.parse::<Lang>()
+        .map_err(|reason| ArgError(format!("--lang: {reason}")))
 }
 
 /// Reads `--analyzer`, whose value may come from `SHOTLIST_ANALYZER`: the
@@ -290,6 +372,8 @@ pub struct ProcessSettings {
     pub database_url: Option<String>,
     pub options: RunOptions,
     pub analyzer: AnalyzerSetup,
+    /// The language of sheet.xlsx and sheet.docx.
+    pub lang: Lang,
 }
 
 /// An argument that failed its check, with a message naming the flag.
@@ -325,6 +409,8 @@ impl ProcessArgs {
         };
         analyzer.model.chunk_timeout = chunk_timeout;
         setup::check(&analyzer, &|name| std::env::var(name).ok()).map_err(ArgError)?;
+        let details = self.details.checked()?;
+        let lang = parse_lang(&self.lang)?;
         check_film(&self.film)?;
         if let Some(out) = &self.out {
             check_out(out)?;
@@ -342,6 +428,7 @@ impl ProcessArgs {
                 lease,
                 ..WorkerConfig::default()
             },
+            details,
         };
         Ok(ProcessSettings {
             film: self.film,
@@ -350,6 +437,7 @@ impl ProcessArgs {
             database_url: self.database_url.filter(|url| !url.trim().is_empty()),
             options,
             analyzer,
+            lang,
         })
     }
 }
@@ -444,6 +532,8 @@ mod tests {
             analyzer: AnalyzerKind::Local,
             chunk_timeout: "300".into(),
             lease_seconds: "60".into(),
+            details: DetailsArgs::default(),
+            lang: "en".into(),
         }
     }
 
@@ -536,6 +626,45 @@ mod tests {
                     && error.ends_with(&format!("got {value:?}")),
                 "{flag} {value}: {error:?}"
             );
+        }
+    }
+
+    #[test]
+    fn details_and_lang_flags_become_run_options_or_are_refused_naming_the_flag() {
+        let film = film();
+        let cli = Cli::try_parse_from([
+            "shotlist",
+            "process",
+            &film.path().to_string_lossy(),
+            "--title",
+            "  Сталкер ",
+            "--country",
+            "СССР",
+            "--lang",
+            "RU",
+        ])
+        .expect("parsed");
+        let Command::Process(given) = cli.command else {
+            panic!("not a process command");
+        };
+        let settings = given.validate().expect("valid");
+        assert_eq!(settings.lang, Lang::Ru);
+        assert_eq!(settings.options.details.title.as_deref(), Some("Сталкер"));
+        assert_eq!(settings.options.details.country.as_deref(), Some("СССР"));
+        assert_eq!(settings.options.details.year, None);
+
+        let cases: [(Change, &str); 4] = [
+            (|a| a.details.title = Some("two\nlines".into()), "--title"),
+            (|a| a.details.director = Some("x".repeat(301)), "--director"),
+            (|a| a.details.studio = Some("tab\there".into()), "--studio"),
+            (|a| a.lang = "de".into(), "--lang"),
+        ];
+        for (change, flag) in cases {
+            let mut given = args(film.path().to_path_buf());
+            change(&mut given);
+            let error = given.validate().expect_err("invalid").to_string();
+            assert!(error.starts_with(flag), "{error:?} should name {flag}");
+            assert!(!error.contains('\n'), "{error:?} is one line");
         }
     }
 

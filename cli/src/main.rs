@@ -1,7 +1,8 @@
 //! `shotlist`: turns a film into a shot list on one machine.
 //!
 //! `shotlist process FILM` probes the film, cuts it into overlapping chunks,
-//! analyzes them a few at a time and writes `sheet.json` and `sheet.csv`. All
+//! analyzes them a few at a time and writes `sheet.json` and `sheet.csv`, and
+//! the trade's `sheet.xlsx` and `sheet.docx` (`--lang`, film details). All
 //! state lives in PostgreSQL: the server named by `--database-url` (or
 //! `DATABASE_URL`), or else a private server started for the run and removed
 //! afterwards, also on failure and on Ctrl-C. `shotlist migrate` only brings
@@ -9,14 +10,18 @@
 //! does what `process` does through the cloud shape: the Lambda functions'
 //! handlers with a real SQS-compatible server between them. `shotlist sweep`
 //! rescues the chunks of lost workers once, as the sweeper function does.
+//! `shotlist export VIDEO_ID --format F` writes a finished film's sheet as one
+//! file, from the database or from the folder `process` wrote.
 //!
 //! Results go to stdout; progress, logs (`RUST_LOG`, default `warn`) and
 //! errors go to stderr. A failure is one line, `shotlist: error: <reason>`,
 //! and a non-zero exit status.
 
 mod args;
+mod export;
 mod progress;
 mod redact;
+mod serve;
 mod sweep;
 
 use std::io::IsTerminal;
@@ -26,11 +31,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use shotlist_shared::analyzer::setup;
 use shotlist_shared::db::{Db, DbError};
-use shotlist_shared::export::{self, ExportError, SheetFiles};
+use shotlist_shared::export::{DeliveryFiles, ExportError, SheetFiles};
 use shotlist_shared::localdb::{LocalDbError, TempCluster};
 use shotlist_shared::probe;
 use shotlist_shared::runner::{self, RunError};
-use shotlist_shared::sheet::{Sheet, SheetStatus};
+use shotlist_shared::sheet::{FilmDetails, Sheet, SheetStatus};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use uuid::Uuid;
 
@@ -38,6 +43,7 @@ use crate::args::{
     Cli, CloudArgs, CloudSettings, Command, MigrateArgs, ProcessArgs, ProcessSettings, SweepArgs,
 };
 use crate::progress::{one_line, Progress};
+use crate::serve::announce::Announcement;
 
 /// Where sheets go without `--out`: `<this>/<video id>`.
 const DEFAULT_OUT_ROOT: &str = "shotlist-out";
@@ -67,6 +73,10 @@ enum CliError {
     Cloud(#[from] shotlist_shared::cloud::local::LocalCloudError),
     #[error(transparent)]
     Sweep(#[from] sweep::SweepFailed),
+    #[error(transparent)]
+    Serve(#[from] serve::ServeError),
+    #[error(transparent)]
+    ExportSheet(#[from] export::ExportFailed),
     #[error("could not write the sheet: {0}")]
     Export(#[from] ExportError),
     #[error("could not create the output folder {}: {source}", path.display())]
@@ -107,7 +117,7 @@ fn main() -> ExitCode {
         Err(error) => return usage_error(error),
     };
     init_tracing();
-    let secrets = match &cli.command {
+    let mut secrets = match &cli.command {
         Command::Process(ProcessArgs {
             database_url: Some(url),
             ..
@@ -123,9 +133,28 @@ fn main() -> ExitCode {
         | Command::Migrate(MigrateArgs { database_url: url })
         | Command::Sweep(SweepArgs {
             database_url: url, ..
+        })
+        | Command::Export(export::ExportArgs {
+            database_url: Some(url),
+            ..
+        })
+        | Command::Serve(args::ServeArgs {
+            database_url: Some(url),
+            ..
         }) => redact::secrets(url),
-        Command::Process(_) | Command::Cloud(_) => Vec::new(),
+        Command::Process(_) | Command::Cloud(_) | Command::Export(_) | Command::Serve(_) => {
+            Vec::new()
+        }
     };
+    // A running `shotlist serve` whose database a run joins, so that its
+    // page shows the run; its database may have a password too.
+    let serving = match &cli.command {
+        Command::Process(_) | Command::Cloud(_) => serve::announce::find_live(),
+        _ => None,
+    };
+    if let Some(found) = &serving {
+        secrets.extend(redact::secrets(&found.database_url));
+    }
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -133,7 +162,7 @@ fn main() -> ExitCode {
             what: "start the async runtime",
             source,
         })
-        .and_then(|runtime| runtime.block_on(run(cli.command)));
+        .and_then(|runtime| runtime.block_on(run(cli.command, serving)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -185,15 +214,17 @@ fn describe(error: &CliError, secrets: &[String]) -> String {
     redact::redact(&one_line(&text), secrets)
 }
 
-async fn run(command: Command) -> Result<(), CliError> {
+async fn run(command: Command, serving: Option<Announcement>) -> Result<(), CliError> {
     match command {
-        Command::Process(args) => process(args.validate()?, None).await,
+        Command::Process(args) => process(args.validate()?, None, serving).await,
         Command::Cloud(args) => {
             let (settings, cloud) = args.validate()?;
-            process(settings, Some(cloud)).await
+            process(settings, Some(cloud), serving).await
         }
         Command::Migrate(args) => migrate(&args.database_url).await,
         Command::Sweep(args) => Ok(sweep::run(args.validate()?).await?),
+        Command::Export(args) => Ok(export::run(args.validate()?).await?),
+        Command::Serve(args) => serve::run(args.validate()).await,
     }
 }
 
@@ -255,11 +286,13 @@ impl Interrupt {
 async fn process(
     mut settings: ProcessSettings,
     cloud: Option<CloudSettings>,
+    serving: Option<Announcement>,
 ) -> Result<(), CliError> {
     let mut interrupt = Interrupt::listen()?;
     // The film's id is fixed here, so that the output folder is known, and
     // known to be writable, before any work that a late failure would waste.
     let video_id = *settings.options.video_id.get_or_insert_with(Uuid::new_v4);
+    let page = serving.and_then(|found| serve::join(found, &mut settings.database_url));
     let out = settings
         .out
         .clone()
@@ -269,9 +302,12 @@ async fn process(
         path: out.clone(),
         source,
     })?;
+    if let Some(base) = &page {
+        eprintln!("progress: {base}/videos/{video_id}/progress");
+    }
     let result = analyze(&settings, cloud.as_ref(), &mut interrupt).await;
-    let sheet = match result {
-        Ok(sheet) => sheet,
+    let (sheet, details) = match result {
+        Ok(done) => done,
         Err(error) => {
             if made_out {
                 // Only removes the folder while it is still empty.
@@ -280,8 +316,9 @@ async fn process(
             return Err(error);
         }
     };
-    let files = export::write_sheet(&out, &sheet)?;
-    report(&sheet, &files);
+    let files = shotlist_shared::export::write_sheet(&out, &sheet)?;
+    let delivery = shotlist_shared::export::write_delivery(&out, &sheet, &details, settings.lang)?;
+    report(&sheet, &files, &delivery);
     if sheet.completed_chunks == 0 && sheet.total_chunks > 0 {
         // A sheet of gaps only is written (it says why each chunk failed),
         // but the run did not do its job.
@@ -297,12 +334,13 @@ async fn process(
 }
 
 /// Runs the job against the database the settings name, or against a
-/// private one started for it and removed afterwards.
+/// private one started for it and removed afterwards: the sheet, and the
+/// film's details as stored at the end.
 async fn analyze(
     settings: &ProcessSettings,
     cloud: Option<&CloudSettings>,
     interrupt: &mut Interrupt,
-) -> Result<Sheet, CliError> {
+) -> Result<(Sheet, FilmDetails), CliError> {
     let progress = Progress::new(std::io::stderr().is_terminal());
     let (db, cluster, media) = match &settings.database_url {
         Some(url) => (connect(url, settings, interrupt).await?, None, None),
@@ -383,12 +421,32 @@ async fn analyze(
             }
         }
     };
+    let result = match result {
+        Ok(sheet) => {
+            let details = stored_details(&db, sheet.video_id, &settings.options.details).await;
+            Ok((sheet, details))
+        }
+        Err(error) => Err(error),
+    };
     progress.finish();
     drop(db);
     if let Some(cluster) = cluster {
         stop_cluster(cluster).await;
     }
     result
+}
+
+/// The film's details as stored: this run's, or an earlier run's when this
+/// one gave none (a resumed run keeps them). A failed read costs only the
+/// earlier details, not the finished sheet: this run's are used then.
+async fn stored_details(db: &Db, video_id: Uuid, given: &FilmDetails) -> FilmDetails {
+    match db.video_details(video_id).await {
+        Ok(stored) => stored,
+        Err(error) => {
+            tracing::warn!(%video_id, %error, "could not read the film's stored details");
+            given.clone()
+        }
+    }
 }
 
 /// The film through the local cloud shape: queues on the SQS endpoint, the
@@ -422,6 +480,7 @@ async fn through_the_cloud(
         maximum_concurrency: settings.options.concurrency,
         plan: settings.options.plan,
         worker: settings.options.worker,
+        details: settings.options.details.clone(),
         ..LocalCloudOptions::default()
     };
     let local = LocalCloud::new(db.clone(), analyzer, root, options).await?;
@@ -525,9 +584,14 @@ async fn stop_cluster(cluster: TempCluster) {
 }
 
 /// Prints where the sheet is and a one-line summary on stdout.
-fn report(sheet: &Sheet, files: &SheetFiles) {
+fn report(sheet: &Sheet, files: &SheetFiles, delivery: &DeliveryFiles) {
     println!("{}", files.json.display());
     println!("{}", files.csv.display());
+    println!("{}", delivery.xlsx.display());
+    println!("{}", delivery.docx.display());
+    if let Some(details) = &delivery.details {
+        println!("{}", details.display());
+    }
     let shots = match sheet.shots.len() {
         1 => "1 shot".to_string(),
         n => format!("{n} shots"),

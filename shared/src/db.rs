@@ -31,7 +31,7 @@ use crate::merge::{self, ChunkOutcome, ChunkResult};
 use crate::model::Shot;
 use crate::plan::{FrameSpan, PlanParams};
 use crate::probe::MediaInfo;
-use crate::sheet::{Sheet, SheetStatus};
+use crate::sheet::{FilmDetails, Sheet, SheetStatus};
 use crate::time::Fps;
 
 /// The migrations, applied in this order. A test checks that this list and
@@ -61,6 +61,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0007_row_security",
         include_str!("../../migrations/0007_row_security.sql"),
+    ),
+    (
+        "0008_film_details",
+        include_str!("../../migrations/0008_film_details.sql"),
     ),
 ];
 
@@ -879,6 +883,40 @@ impl Db {
             )
             .await?;
         Ok(answer.owner_id)
+    }
+
+    /// `set_video_details`: replaces the film's details (empty ones clear
+    /// them); the last of concurrent calls wins. [`DbError::NotFound`] for
+    /// an unknown film, [`DbError::InvalidArgument`] for details the
+    /// database refuses (give them through [`FilmDetails::checked`]).
+    pub async fn set_video_details(
+        &self,
+        video_id: Uuid,
+        details: &FilmDetails,
+    ) -> Result<(), DbError> {
+        let details =
+            serde_json::to_value(details).map_err(|e| decode_error("set_video_details", e))?;
+        // The function returns void: selected FROM it, it still gives the
+        // one jsonb row `call` decodes.
+        let _: Value = self
+            .call(
+                "set_video_details",
+                "SELECT NULL::jsonb FROM public.set_video_details($1, $2)",
+                &[(&video_id, Type::UUID), (&details, Type::JSONB)],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The film's stored details (empty when none were given);
+    /// [`DbError::NotFound`] for an unknown film.
+    pub async fn video_details(&self, video_id: Uuid) -> Result<FilmDetails, DbError> {
+        self.call(
+            "video_details",
+            "SELECT (shotlist.video_row($1)).details",
+            &[(&video_id, Type::UUID)],
+        )
+        .await
     }
 
     /// `force_finalize`: fails every chunk still open with `reason` and

@@ -610,6 +610,17 @@ fn open_template_root(root: &Path) -> io::Result<PathBuf> {
     Ok(root)
 }
 
+/// Checks that only the current user (and root) can change `folder`: the
+/// folder itself owned by this user and not group- or world-writable, every
+/// folder above it owned by this user or root and not writable by others
+/// unless sticky. The same rule the template cache follows, for other
+/// private files (`shotlist serve`'s announcement). The error names the
+/// first folder that breaks it.
+pub fn check_private_folder(folder: &Path) -> io::Result<()> {
+    let folder = fs::canonicalize(folder)?;
+    check_folders_above(&folder, unistd::geteuid(), false)
+}
+
 /// Checks that only `me` and root can change `folder` and the folders above
 /// it: each is a folder, owned by `me` or root, and not writable by group or
 /// others unless sticky (where others cannot rename or remove what is not

@@ -22,7 +22,7 @@ use crate::analyzer::Analyzer;
 use crate::db::{Db, DbError, RegisteredPlan};
 use crate::plan::{self, PlanError, PlanParams};
 use crate::probe::{self, MediaInfo, ProbeError};
-use crate::sheet::Sheet;
+use crate::sheet::{FilmDetails, Sheet};
 use crate::worker::{self, Done, WorkerConfig};
 
 /// How long a worker waits before it looks at a chunk again that another
@@ -46,6 +46,10 @@ pub struct RunOptions {
     /// ffmpeg's scene-change threshold for the local analyzer (0..1).
     pub scene_threshold: f64,
     pub worker: WorkerConfig,
+    /// What the delivery sheets say about the film, stored with it right
+    /// after it is registered; empty details leave what is stored (a resumed
+    /// run without them keeps an earlier run's).
+    pub details: FilmDetails,
 }
 
 impl Default for RunOptions {
@@ -56,6 +60,7 @@ impl Default for RunOptions {
             plan: PlanParams::default(),
             scene_threshold: LocalAnalyzer::default().scene_threshold,
             worker: WorkerConfig::default(),
+            details: FilmDetails::default(),
         }
     }
 }
@@ -163,6 +168,9 @@ pub async fn run_probed(
     };
     let frames = media.duration_frames;
     tracing::info!(%video_id, total_chunks = total, frames, fps = %media.fps, "film registered");
+    if !options.details.is_empty() {
+        db.set_video_details(video_id, &options.details).await?;
+    }
     on_event(RunEvent::Registered {
         video_id,
         total_chunks: total,

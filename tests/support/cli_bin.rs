@@ -63,3 +63,34 @@ fn set_for_tests(name: &str) -> bool {
                 | "OUT_DIR"
         )
 }
+
+/// Where the tests' `shotlist` runs look for a running `shotlist serve`: a
+/// path that never exists, so that a serve a developer keeps running is
+/// never joined by a test's database-less `process`.
+pub const NO_SERVE_FILE: &str = "/nonexistent/shotlist/serve.json";
+
+/// A `shotlist` command as the tests run it: no `DATABASE_URL`, `RUST_LOG`
+/// or `SHOTLIST_SQS_ENDPOINT` from the environment, no stdin, and no
+/// running `shotlist serve` to join.
+pub fn shotlist_command() -> Command {
+    let mut command = Command::new(shotlist_bin());
+    command
+        .env_remove("DATABASE_URL")
+        .env_remove("RUST_LOG")
+        .env_remove("SHOTLIST_SQS_ENDPOINT")
+        .env("SHOTLIST_SERVE_FILE", NO_SERVE_FILE)
+        .stdin(Stdio::null());
+    command
+}
+
+/// Runs `command` to its end: its status, and its stdout and stderr as
+/// text.
+///
+/// # Panics
+/// When the command cannot be started at all.
+pub fn output_of(command: &mut Command) -> (std::process::Output, String, String) {
+    let output = command.output().expect("run shotlist");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output, stdout, stderr)
+}

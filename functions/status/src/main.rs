@@ -1,5 +1,6 @@
 //! status: `GET /videos/{id}` answers the film's progress, and its sheet
-//! once it is finalized.
+//! once it is finalized; `GET /videos/{id}/sheet.{ext}` the sheet as a file,
+//! and `GET /videos/{id}/progress` the progress page.
 
 use shotlist_shared::cloud::api::Endpoint;
 

@@ -1,17 +1,20 @@
-//! The HTTP API behind API Gateway: submit, status, finalize and
-//! force-finalize.
+//! The HTTP API behind API Gateway: submit, status, downloads, the progress
+//! page, finalize and force-finalize.
 //!
-//! | method and path                    | who                      | answers |
-//! |------------------------------------|--------------------------|---------|
-//! | `POST /videos`                     | service role or a user   | 202 new film, 200 known film |
-//! | `GET /videos/{id}`                 | service role or the owner| 200 progress, with the sheet when done |
-//! | `POST /videos/{id}/finalize`       | service role             | 200 sheet, 409 not finished |
-//! | `POST /videos/{id}/force-finalize` | service role             | 200 sheet, or 202 with `{"retry": true}` |
+//! | method and path                        | who                       | answers |
+//! |----------------------------------------|---------------------------|---------|
+//! | `POST /videos`                         | service role or a user    | 202 new film, 200 known film |
+//! | `GET /videos/{id}`                     | service role or the owner | 200 progress, with the sheet when done |
+//! | `GET /videos/{id}/sheet.{ext}[?lang=]` | service role or the owner | 200 the file (`json`, `csv`, `xlsx`, `docx`; `lang` `en` or `ru`), 409 no sheet yet |
+//! | `GET /videos/{id}/progress`            | anyone                    | 200 the progress page (HTML) |
+//! | `POST /videos/{id}/finalize`           | service role              | 200 sheet, 409 not finished |
+//! | `POST /videos/{id}/force-finalize`     | service role              | 200 sheet, or 202 with `{"retry": true}` |
 //!
-//! Every request needs `Authorization: Bearer <Supabase JWT>`. A missing or
-//! bad token is 401, a caller without rights 403, an unknown film 404, a bad
-//! body 400; errors are JSON `{"error": "...", "field": "..."}` where a field
-//! is to blame. No GET changes anything.
+//! Every request but the page's needs `Authorization: Bearer <Supabase JWT>`.
+//! A missing or bad token is 401, a caller without rights 403, an unknown
+//! film 404, a bad body or parameter 400; errors are JSON
+//! `{"error": "...", "field": "..."}` where a field is to blame. No GET
+//! changes anything.
 
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -26,8 +29,11 @@ use crate::cloud::auth::{AuthError, Caller, Verifier};
 use crate::cloud::messages::ChunkMessage;
 use crate::cloud::queue::MessageQueue;
 use crate::db::{Db, DbError, Submission};
+use crate::export::{self, Format, Lang};
+use crate::page;
 use crate::plan::PlanParams;
 use crate::probe::{self, ProbeOptions};
+use crate::sheet::FilmDetails;
 
 /// How far a submitted `durationSeconds` may be from what probing finds.
 pub const DURATION_TOLERANCE_SECONDS: f64 = 1.0;
@@ -39,6 +45,11 @@ pub const SUBMIT_PROBE_TIMEOUT: Duration = Duration::from_secs(20);
 /// quote what they refuse, and an answer quoting megabytes would pass
 /// Lambda's 6 MB response limit and reach the caller as a 502.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The largest file a download answers with. Lambda answers at most 6 MB,
+/// and API Gateway's base64 makes a binary body a third bigger; past this a
+/// caller would get a bare 502 instead of an error saying why.
+pub const MAX_DOWNLOAD_BYTES: usize = 4 * 1024 * 1024;
 
 /// The endpoints; each Lambda function serves some of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,6 +184,9 @@ fn respond(status: StatusCode, body: &Value) -> Response<Body> {
 enum Route<'a> {
     Videos,
     Video(&'a str),
+    /// `sheet.<extension>`: the extension as asked, not yet checked.
+    Sheet(&'a str, &'a str),
+    Progress(&'a str),
     Finalize(&'a str),
     ForceFinalize(&'a str),
 }
@@ -185,6 +199,10 @@ fn route(path: &str) -> Option<Route<'_>> {
         [.., "videos", id] => Some(Route::Video(id)),
         [.., "videos", id, "finalize"] => Some(Route::Finalize(id)),
         [.., "videos", id, "force-finalize"] => Some(Route::ForceFinalize(id)),
+        [.., "videos", id, "progress"] => Some(Route::Progress(id)),
+        [.., "videos", id, file] => file
+            .strip_prefix("sheet.")
+            .map(|extension| Route::Sheet(id, extension)),
         _ => None,
     }
 }
@@ -211,7 +229,9 @@ impl Api {
         let matched = route(&path).ok_or_else(not_found)?;
         let (endpoint, allowed) = match matched {
             Route::Videos => (Endpoint::Submit, Method::POST),
-            Route::Video(_) => (Endpoint::Status, Method::GET),
+            Route::Video(_) | Route::Sheet(..) | Route::Progress(_) => {
+                (Endpoint::Status, Method::GET)
+            }
             Route::Finalize(_) => (Endpoint::Finalize, Method::POST),
             Route::ForceFinalize(_) => (Endpoint::ForceFinalize, Method::POST),
         };
@@ -231,6 +251,17 @@ impl Api {
             );
             return Ok(response);
         }
+        if let Route::Progress(id) = matched {
+            // No token: a browser opening a link cannot send one, and the
+            // page holds no data of any film (the same bytes for every id);
+            // it asks the API for the film's progress with the token its
+            // user gives it. Hence no database call either: the page does
+            // not even tell whether the film exists.
+            return match Uuid::parse_str(id) {
+                Ok(_) => Ok(progress_page()),
+                Err(_) => Err(not_found()),
+            };
+        }
         let header = request
             .headers()
             .get(http::header::AUTHORIZATION)
@@ -249,6 +280,13 @@ impl Api {
         match matched {
             Route::Videos => self.submit(caller, body).await,
             Route::Video(id) => self.status(caller, parse_id(id)?).await,
+            Route::Sheet(id, extension) => {
+                let video_id = parse_id(id)?;
+                let format = parse_format(extension)?;
+                let lang = parse_lang(request.uri().query())?;
+                self.download(caller, video_id, format, lang).await
+            }
+            Route::Progress(_) => Err(not_found()),
             Route::Finalize(id) => self.finalize(caller, parse_id(id)?).await,
             Route::ForceFinalize(id) => self.force_finalize(caller, parse_id(id)?, body).await,
         }
@@ -261,7 +299,7 @@ impl Api {
         let fields = json_object(body)?;
         only_fields(
             &fields,
-            &["source", "durationSeconds", "videoId", "ownerId"],
+            &["source", "durationSeconds", "videoId", "ownerId", "details"],
         )?;
         let location = match fields.get("source") {
             Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
@@ -293,6 +331,7 @@ impl Api {
         };
         let video_id = optional_uuid(&fields, "videoId")?;
         let asked_owner = optional_uuid(&fields, "ownerId")?;
+        let details = film_details(&fields)?;
         let owner = match caller {
             Caller::Service => asked_owner,
             Caller::User(id) => {
@@ -358,6 +397,22 @@ impl Api {
                 plan: self.plan,
             })
             .await?;
+        // Before the chunks are queued, so that the film's details are there
+        // from its first chunk on; a resubmission without details keeps the
+        // stored ones.
+        if let Some(details) = &details {
+            if let Err(e) = self.db.set_video_details(video_id, details).await {
+                if submitted.enqueue {
+                    self.release_enqueue(video_id).await;
+                }
+                let mut failure = Failure::from(e);
+                failure.error = format!(
+                    "the film is registered but its details could not be stored; submit it again with videoId {video_id}: {}",
+                    failure.error
+                );
+                return Err(failure);
+            }
+        }
         if submitted.enqueue {
             let bodies: Vec<String> = (0..submitted.total_chunks)
                 .map(|chunk_index| {
@@ -370,9 +425,7 @@ impl Api {
                 .collect();
             if let Err(e) = self.chunk_queue.send_all(&bodies).await {
                 tracing::error!(%video_id, error = %e, "cannot enqueue the chunks");
-                if let Err(release) = self.db.release_enqueue(video_id).await {
-                    tracing::warn!(%video_id, error = %release, "cannot release the enqueue claim; it runs out by itself");
-                }
+                self.release_enqueue(video_id).await;
                 return Err(Failure::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("the film is registered but its chunks could not all be queued; submit it again with videoId {video_id}: {e}"),
@@ -405,14 +458,50 @@ impl Api {
 
     async fn status(&self, caller: Caller, video_id: Uuid) -> Result<Response<Body>, Failure> {
         self.check_access(caller, video_id).await?;
-        let mut progress = self.db.chunk_progress(video_id).await?;
-        let sheet = self
-            .db
-            .get_sheet(video_id)
-            .await?
-            .map(|s| self.shown_sheet(s));
-        progress["sheet"] = serde_json::to_value(sheet).unwrap_or(Value::Null);
+        let progress = page::progress_document(&self.db, video_id, |s| self.shown_sheet(s)).await?;
         Ok(respond(StatusCode::OK, &progress))
+    }
+
+    /// Gives back this submission's claim to queue the film's chunks, so
+    /// that the next submission queues them at once.
+    async fn release_enqueue(&self, video_id: Uuid) {
+        if let Err(release) = self.db.release_enqueue(video_id).await {
+            tracing::warn!(%video_id, error = %release, "cannot release the enqueue claim; it runs out by itself");
+        }
+    }
+
+    /// The film's sheet as a file: 409 while it has none.
+    async fn download(
+        &self,
+        caller: Caller,
+        video_id: Uuid,
+        format: Format,
+        lang: Lang,
+    ) -> Result<Response<Body>, Failure> {
+        self.check_access(caller, video_id).await?;
+        let Some(sheet) = self.db.get_sheet(video_id).await? else {
+            let why = page::not_ready(&self.db, video_id).await?;
+            return Err(Failure::new(StatusCode::CONFLICT, why));
+        };
+        let details = self.db.video_details(video_id).await?;
+        let bytes =
+            export::render(&self.shown_sheet(sheet), &details, format, lang).map_err(|e| {
+                tracing::error!(%video_id, %format, error = %e, "cannot render the sheet");
+                Failure::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("cannot make the {format} sheet of video {video_id}: {e}"),
+                )
+            })?;
+        if bytes.len() > MAX_DOWNLOAD_BYTES {
+            return Err(Failure::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "the {format} sheet of video {video_id} is {} bytes, more than the API can answer with ({MAX_DOWNLOAD_BYTES}); get it with shotlist export",
+                    bytes.len()
+                ),
+            ));
+        }
+        Ok(file_response(video_id, format, lang, bytes))
     }
 
     async fn finalize(&self, caller: Caller, video_id: Uuid) -> Result<Response<Body>, Failure> {
@@ -611,6 +700,117 @@ fn shown(message: &str, resolved: &str, location: &str) -> String {
     message.replace(resolved, location)
 }
 
+/// The progress page, with headers that keep it from being cached (it
+/// changes with each deployment), sniffed as something else, or told where
+/// it was opened from.
+fn progress_page() -> Response<Body> {
+    let mut response = Response::new(Body::Text(page::PROGRESS_PAGE.to_string()));
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+        (http::header::CACHE_CONTROL, "no-store"),
+        (
+            http::header::CONTENT_SECURITY_POLICY,
+            page::CONTENT_SECURITY_POLICY,
+        ),
+        (http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (http::header::REFERRER_POLICY, "no-referrer"),
+    ] {
+        headers.insert(name, http::HeaderValue::from_static(value));
+    }
+    response
+}
+
+/// A sheet file as a download. Binary, whatever the format: lambda_http
+/// sends it base64-encoded, which API Gateway decodes byte for byte.
+fn file_response(video_id: Uuid, format: Format, lang: Lang, bytes: Vec<u8>) -> Response<Body> {
+    let name = page::download_name(video_id, format, lang);
+    let mut response = Response::new(Body::Binary(bytes));
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(format.content_type()),
+    );
+    // A UUID and fixed words: always a valid header value.
+    if let Ok(disposition) =
+        http::HeaderValue::from_str(&format!("attachment; filename=\"{name}\""))
+    {
+        headers.insert(http::header::CONTENT_DISPOSITION, disposition);
+    }
+    headers.insert(
+        http::header::X_CONTENT_TYPE_OPTIONS,
+        http::HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
+/// The format a download path names (`sheet.xlsx`).
+fn parse_format(extension: &str) -> Result<Format, Failure> {
+    extension.parse().map_err(|_| {
+        Failure::field(
+            "format",
+            format!("unknown format {extension:?}; expected json, csv, xlsx or docx"),
+        )
+    })
+}
+
+/// `lang` from a query string; English without one. Other parameters are
+/// ignored.
+fn parse_lang(query: Option<&str>) -> Result<Lang, Failure> {
+    let parameters: lambda_http::aws_lambda_events::query_map::QueryMap =
+        query.unwrap_or("").parse().unwrap_or_default();
+    match parameters.first("lang") {
+        None => Ok(Lang::default()),
+        Some(code) => code.parse().map_err(|_| {
+            Failure::field("lang", format!("unknown lang {code:?}; expected en or ru"))
+        }),
+    }
+}
+
+/// The optional `details` of a submission, checked: `None` when not given
+/// (or null), so that stored details stay as they are.
+fn film_details(fields: &Map<String, Value>) -> Result<Option<FilmDetails>, Failure> {
+    let given = match fields.get("details") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(given)) => given,
+        Some(v) => {
+            return Err(Failure::field(
+                "details",
+                format!("details must be an object, got {}", kind(v)),
+            ))
+        }
+    };
+    let names = ["title", "year", "director", "studio", "country"];
+    only_fields(given, &names)
+        .map_err(|f| Failure::field("details", format!("details: {}", f.error)))?;
+    for (name, value) in given {
+        if !matches!(value, Value::String(_) | Value::Null) {
+            return Err(Failure::field(
+                detail_field(name),
+                format!("details.{name} must be a string, got {}", kind(value)),
+            ));
+        }
+    }
+    let details: FilmDetails = serde_json::from_value(Value::Object(given.clone()))
+        .map_err(|e| Failure::field("details", format!("details cannot be read: {e}")))?;
+    details
+        .checked()
+        .map(Some)
+        .map_err(|(name, message)| Failure::field(detail_field(name), format!("details.{message}")))
+}
+
+/// `details.<name>`, for the five names [`film_details`] lets through.
+fn detail_field(name: &str) -> &'static str {
+    match name {
+        "title" => "details.title",
+        "year" => "details.year",
+        "director" => "details.director",
+        "studio" => "details.studio",
+        "country" => "details.country",
+        _ => "details",
+    }
+}
+
 fn parse_id(id: &str) -> Result<Uuid, Failure> {
     Uuid::parse_str(id).map_err(|_| Failure::field("id", format!("video id {id:?} is not a UUID")))
 }
@@ -690,8 +890,49 @@ mod tests {
             route("/videos/abc/force-finalize"),
             Some(Route::ForceFinalize("abc"))
         );
+        assert_eq!(
+            route("/prod/videos/abc/progress"),
+            Some(Route::Progress("abc"))
+        );
+        assert_eq!(
+            route("/videos/abc/sheet.xlsx"),
+            Some(Route::Sheet("abc", "xlsx"))
+        );
+        assert_eq!(route("/videos/abc/sheet."), Some(Route::Sheet("abc", "")));
+        assert_eq!(route("/videos/abc/notes.csv"), None);
         assert_eq!(route("/films"), None);
         assert_eq!(route("/videos/a/b/c"), None);
+    }
+
+    #[test]
+    fn lang_comes_from_the_query_string_and_defaults_to_english() {
+        assert_eq!(parse_lang(None).unwrap(), Lang::En);
+        assert_eq!(parse_lang(Some("")).unwrap(), Lang::En);
+        assert_eq!(parse_lang(Some("x=1&lang=ru")).unwrap(), Lang::Ru);
+        assert_eq!(parse_lang(Some("lang=%72%75")).unwrap(), Lang::Ru);
+        let refused = parse_lang(Some("lang=fr")).unwrap_err();
+        assert_eq!(refused.field, Some("lang"));
+        assert!(refused.error.contains("\"fr\""), "{}", refused.error);
+    }
+
+    #[test]
+    fn a_download_is_named_for_its_film_language_and_format() {
+        let id = Uuid::nil();
+        let disposition = |format, lang| {
+            let response = file_response(id, format, lang, vec![]);
+            response.headers()[http::header::CONTENT_DISPOSITION]
+                .to_str()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(
+            disposition(Format::Docx, Lang::Ru),
+            format!("attachment; filename=\"shotlist-{id}.ru.docx\"")
+        );
+        assert_eq!(
+            disposition(Format::Json, Lang::Ru),
+            format!("attachment; filename=\"shotlist-{id}.json\"")
+        );
     }
 
     #[test]

@@ -29,7 +29,7 @@ use crate::cloud::queue::{ensure_queue_pair, queue_arn, sqs_client, QueueError, 
 use crate::db::{Db, DbError};
 use crate::plan::PlanParams;
 use crate::probe::ProbeOptions;
-use crate::sheet::Sheet;
+use crate::sheet::{FilmDetails, Sheet};
 use crate::worker::WorkerConfig;
 
 /// How the local cloud is laid out.
@@ -54,6 +54,10 @@ pub struct LocalCloudOptions {
     pub retry_delay: Duration,
     pub worker: WorkerConfig,
     pub plan: PlanParams,
+    /// The film details submitted with the film (`details` in
+    /// `POST /videos`); empty ones are not sent, so a resubmission keeps
+    /// what is stored.
+    pub details: FilmDetails,
 }
 
 impl LocalCloudOptions {
@@ -75,6 +79,7 @@ impl Default for LocalCloudOptions {
             retry_delay: Duration::from_secs(2),
             worker: WorkerConfig::default(),
             plan: PlanParams::default(),
+            details: FilmDetails::default(),
         }
     }
 }
@@ -365,6 +370,9 @@ impl LocalCloud {
         let mut body = json!({ "source": film_key });
         if let Some(id) = video_id {
             body["videoId"] = json!(id);
+        }
+        if !self.options.details.is_empty() {
+            body["details"] = json!(self.options.details);
         }
         let result = async {
             let answer = self.submit(&body).await?;

@@ -1,14 +1,203 @@
-//! The sheet as a Word document (docx-rs).
+//! The sheet as a Word document (docx-rs), laid out as the trade hands it
+//! over.
+//!
+//! An A4 landscape page with modest margins; a bold title ("Montage sheet" /
+//! "Монтажный лист", then ": " and the film's title when it is given); the
+//! film-details block as `Label: value` paragraphs with the label in bold,
+//! always holding at least the duration; then the table of the six headers
+//! (bold, on a grey ground) and one row per shot.
+//!
+//! A cell's text is one paragraph per line (and a tab stays a tab), so line
+//! breaks in descriptions and dialogue survive in Word, LibreOffice and any
+//! reader that joins a cell's paragraphs with line breaks.
+//!
+//! A gap (a part of the film no completed chunk covers) is a row of its own
+//! where it falls in the film, as in the workbook: no shot number, the gap's
+//! start and end, and [`super::gap_note`] in italics in the content column.
+//!
+//! docx-rs 0.4.22 cannot mark a row as a table header (`w:tblHeader`), so a
+//! printed table longer than a page does not repeat its headers; the
+//! workbook does.
+
+use std::io::Cursor;
+
+use docx_rs::{
+    Docx, PageMargin, PageOrientationType, Paragraph, Run, Shading, Table, TableCell,
+    TableLayoutType, TableRow, VAlignType, WidthType,
+};
 
 use crate::sheet::{FilmDetails, Sheet};
 
+use super::trade::{self, Entry};
 use super::{ExportError, Lang};
+
+/// A4 in twentieths of a point, long side first: the page is landscape.
+const PAGE_WIDTH: u32 = 16_838;
+const PAGE_HEIGHT: u32 = 11_906;
+
+/// Half an inch on every side.
+const MARGIN: i32 = 720;
+
+/// The columns' widths in twentieths of a point (number, start, end, type,
+/// content, dialogue), together the page's width inside its margins.
+const COLUMN_WIDTHS: [usize; 6] = [900, 1_500, 1_500, 1_000, 5_249, 5_249];
+
+/// Font sizes in half-points: the title, and everything else.
+const TITLE_SIZE: usize = 32;
+const TEXT_SIZE: usize = 20;
+
+/// How a cell's text is set.
+#[derive(Clone, Copy)]
+enum Style {
+    Plain,
+    Header,
+    Gap,
+}
 
 /// The document's bytes.
 pub(super) fn bytes(
-    _sheet: &Sheet,
-    _details: &FilmDetails,
-    _lang: Lang,
+    sheet: &Sheet,
+    details: &FilmDetails,
+    lang: Lang,
 ) -> Result<Vec<u8>, ExportError> {
-    Err(ExportError::Docx("not written yet".into()))
+    let mut buffer = Cursor::new(Vec::new());
+    document(sheet, details, lang)?
+        .pack(&mut buffer)
+        .map_err(|error| {
+            ExportError::Docx(format!(
+                "could not pack the document of film {}: {error}",
+                sheet.video_id
+            ))
+        })?;
+    Ok(buffer.into_inner())
+}
+
+/// The document before it is packed.
+fn document(sheet: &Sheet, details: &FilmDetails, lang: Lang) -> Result<Docx, ExportError> {
+    let block = trade::details_block(sheet, details, lang).map_err(ExportError::Docx)?;
+    let mut document = Docx::new()
+        .page_size(PAGE_WIDTH, PAGE_HEIGHT)
+        .page_orient(PageOrientationType::Landscape)
+        .page_margin(
+            PageMargin::new()
+                .top(MARGIN)
+                .bottom(MARGIN)
+                .left(MARGIN)
+                .right(MARGIN)
+                .header(MARGIN / 2)
+                .footer(MARGIN / 2),
+        )
+        .default_size(TEXT_SIZE)
+        .add_paragraph(title(details, lang));
+    for (label, value) in &block {
+        document = document.add_paragraph(
+            Paragraph::new()
+                .add_run(Run::new().add_text(format!("{label}: ")).bold())
+                .add_run(Run::new().add_text(value)),
+        );
+    }
+    Ok(document
+        .add_paragraph(Paragraph::new())
+        .add_table(table(sheet, lang)))
+}
+
+/// The heading: the sheet's name, and the film's title when given.
+fn title(details: &FilmDetails, lang: Lang) -> Paragraph {
+    let text = match &details.title {
+        Some(film) => format!("{}: {film}", trade::sheet_title(lang)),
+        None => trade::sheet_title(lang).to_string(),
+    };
+    Paragraph::new().add_run(Run::new().add_text(text).bold().size(TITLE_SIZE))
+}
+
+/// The shot table: the header row, then the shots and gaps in film order.
+fn table(sheet: &Sheet, lang: Lang) -> Table {
+    let headers = trade::trade_headers(lang).map(str::to_string);
+    let mut rows = vec![table_row(&headers, Style::Header)];
+    rows.extend(trade::entries(sheet).into_iter().map(|entry| match entry {
+        Entry::Shot(shot) => table_row(&trade::row(shot, lang), Style::Plain),
+        Entry::Gap(gap) => table_row(&trade::gap_row(gap, lang), Style::Gap),
+    }));
+    Table::new(rows)
+        .set_grid(COLUMN_WIDTHS.to_vec())
+        .layout(TableLayoutType::Fixed)
+        .width(COLUMN_WIDTHS.iter().sum(), WidthType::Dxa)
+}
+
+fn table_row(cells: &[String; 6], style: Style) -> TableRow {
+    TableRow::new(
+        cells
+            .iter()
+            .zip(COLUMN_WIDTHS)
+            .map(|(text, width)| table_cell(text, width, style))
+            .collect(),
+    )
+}
+
+/// A cell holding `text`, one paragraph per line.
+fn table_cell(text: &str, width: usize, style: Style) -> TableCell {
+    let cell = TableCell::new()
+        .width(width, WidthType::Dxa)
+        .vertical_align(VAlignType::Top);
+    let cell = match style {
+        Style::Header => cell.shading(Shading::new().fill("D9D9D9")),
+        Style::Plain | Style::Gap => cell,
+    };
+    text.split('\n').fold(cell, |cell, line| {
+        cell.add_paragraph(paragraph(line, style))
+    })
+}
+
+/// One line of a cell; tabs become Word's tab characters.
+fn paragraph(line: &str, style: Style) -> Paragraph {
+    let mut run = Run::new();
+    for (index, piece) in line.split('\t').enumerate() {
+        if index > 0 {
+            run = run.add_tab();
+        }
+        if !piece.is_empty() {
+            run = run.add_text(piece);
+        }
+    }
+    let run = match style {
+        Style::Header => run.bold(),
+        Style::Gap => run.italic(),
+        Style::Plain => run,
+    };
+    Paragraph::new().add_run(run)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sheet::SheetStatus;
+
+    fn sheet() -> Sheet {
+        Sheet {
+            video_id: uuid::Uuid::nil(),
+            source: None,
+            fps: "25/1".to_string(),
+            duration_frames: 50,
+            total_chunks: 1,
+            completed_chunks: 1,
+            failed_chunks: 0,
+            status: SheetStatus::Complete,
+            shots: Vec::new(),
+            gaps: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_document_is_a_zip_with_a_landscape_a4_page() {
+        let bytes = bytes(&sheet(), &FilmDetails::default(), Lang::En).expect("document");
+        assert!(bytes.starts_with(b"PK"), "a DOCX file is a zip archive");
+        let parts = document(&sheet(), &FilmDetails::default(), Lang::En)
+            .expect("document")
+            .build();
+        let xml = String::from_utf8_lossy(&parts.document);
+        assert!(
+            xml.contains(r#"<w:pgSz w:w="16838" w:h="11906" w:orient="landscape" />"#),
+            "no landscape A4 page: {xml}"
+        );
+    }
 }

@@ -7,13 +7,14 @@
 //! ` (off-screen)` after the speaker when the speaker is not on screen, or
 //! just the line when the speaker is unknown.
 //!
+//! [`write_delivery`] adds the trade's `sheet.xlsx` and `sheet.docx` (and
+//! `details.json`) beside them, and [`render`] makes any [`Format`] in memory.
+//!
 //! Each file is written to a temporary file in the same folder and renamed
 //! into place, so a reader (or a crash) never sees half a file.
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-
-use tempfile::NamedTempFile;
 
 use crate::model::DialogueLine;
 use crate::sheet::{FilmDetails, Sheet};
@@ -22,7 +23,7 @@ mod docx;
 mod trade;
 mod xlsx;
 
-pub use trade::{shot_type_label, trade_dialogue, trade_headers, Lang};
+pub use trade::{gap_note, shot_type_label, trade_dialogue, trade_headers, Lang};
 
 /// The file name of the JSON sheet.
 pub const JSON_FILE: &str = "sheet.json";
@@ -156,6 +157,56 @@ pub fn write_sheet(dir: &Path, sheet: &Sheet) -> Result<SheetFiles, ExportError>
     Ok(files)
 }
 
+/// The file names of the trade's workbook and document, and of the film
+/// details, beside `sheet.json`.
+pub const XLSX_FILE: &str = "sheet.xlsx";
+pub const DOCX_FILE: &str = "sheet.docx";
+pub const DETAILS_FILE: &str = "details.json";
+
+/// Where [`write_delivery`] put the files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryFiles {
+    /// `<dir>/sheet.xlsx`.
+    pub xlsx: PathBuf,
+    /// `<dir>/sheet.docx`.
+    pub docx: PathBuf,
+    /// `<dir>/details.json`, when there were details to write.
+    pub details: Option<PathBuf>,
+}
+
+/// Writes the sheet in the trade's layout beside what [`write_sheet`]
+/// writes: `dir/sheet.xlsx` and `dir/sheet.docx` with `details` above the
+/// table and headers in `lang`, and `dir/details.json` when `details` is not
+/// empty (so that `shotlist export` finds them again without a database).
+/// Each file replaces an earlier one atomically.
+pub fn write_delivery(
+    dir: &Path,
+    sheet: &Sheet,
+    details: &FilmDetails,
+    lang: Lang,
+) -> Result<DeliveryFiles, ExportError> {
+    let files = DeliveryFiles {
+        xlsx: dir.join(XLSX_FILE),
+        docx: dir.join(DOCX_FILE),
+        details: (!details.is_empty()).then(|| dir.join(DETAILS_FILE)),
+    };
+    write_file(&files.xlsx, &render(sheet, details, Format::Xlsx, lang)?)?;
+    write_file(&files.docx, &render(sheet, details, Format::Docx, lang)?)?;
+    if let Some(path) = &files.details {
+        let mut bytes = serde_json::to_vec_pretty(details).map_err(ExportError::Json)?;
+        bytes.push(b'\n');
+        write_file(path, &bytes)?;
+    }
+    Ok(files)
+}
+
+/// Writes `bytes` to `path` as [`write_sheet`] writes its files: through a
+/// temporary file beside it, flushed and renamed, so a reader never sees
+/// half a file and an earlier file stays whole until the new one is.
+pub fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
+    write_atomically(path, bytes)
+}
+
 /// The sheet as pretty-printed JSON, ending with a newline.
 pub fn json_bytes(sheet: &Sheet) -> Result<Vec<u8>, ExportError> {
     let mut bytes = serde_json::to_vec_pretty(sheet).map_err(ExportError::Json)?;
@@ -216,7 +267,11 @@ pub fn dialogue_cell(lines: &[DialogueLine]) -> String {
 /// Writes `bytes` to a temporary file beside `path`, flushes it to disk and
 /// renames it to `path`.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    // A bare file name has an empty parent: the current folder.
+    let dir = path
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let io_error = |what: &'static str| {
         move |source: io::Error| ExportError::Io {
             what,
@@ -224,7 +279,12 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
             source,
         }
     };
-    let mut file = NamedTempFile::new_in(dir).map_err(io_error("create a temporary file for"))?;
+    // Readable as any new file would be (0666 less the umask), not only by
+    // its owner as a temporary file is: a sheet is made to be handed over.
+    let mut file = tempfile::Builder::new()
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
+        .tempfile_in(dir)
+        .map_err(io_error("create a temporary file for"))?;
     file.write_all(bytes).map_err(io_error("write"))?;
     file.as_file().sync_all().map_err(io_error("flush"))?;
     file.persist(path)
@@ -235,6 +295,30 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_written_sheet_is_readable_as_any_new_file_would_be() {
+        use std::os::unix::fs::PermissionsExt;
+        // Linux reports the process's umask without changing it.
+        let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+        let umask = status
+            .lines()
+            .find_map(|line| line.strip_prefix("Umask:"))
+            .and_then(|mask| u32::from_str_radix(mask.trim(), 8).ok())
+            .expect("a Umask line");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("sheet.xlsx");
+        write_file(&path, b"PK").expect("written");
+        let mode = std::fs::metadata(&path)
+            .expect("metadata")
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o777,
+            0o666 & !umask,
+            "mode {mode:o}, umask {umask:o}"
+        );
+    }
 
     #[test]
     fn cells_that_look_like_formulas_are_kept_as_text() {

@@ -4,7 +4,8 @@
 //! above what they say.
 
 use crate::model::{DialogueLine, ShotType};
-use crate::sheet::Sheet;
+use crate::sheet::{FilmDetails, Gap, Sheet, SheetShot};
+use crate::time::{timecode, Fps};
 
 use super::{inert_cell, ExportError};
 
@@ -110,7 +111,7 @@ pub fn trade_dialogue(lines: &[DialogueLine], lang: Lang) -> String {
 }
 
 /// One row of the table, as text.
-pub(super) fn row(shot: &crate::sheet::SheetShot, lang: Lang) -> [String; 6] {
+pub(super) fn row(shot: &SheetShot, lang: Lang) -> [String; 6] {
     [
         shot.number.to_string(),
         shot.start.clone(),
@@ -121,15 +122,117 @@ pub(super) fn row(shot: &crate::sheet::SheetShot, lang: Lang) -> [String; 6] {
     ]
 }
 
-/// The table as CSV: the header row, then one row per shot, cells that
-/// look like formulas made inert.
+/// The title of the sheet (the worksheet's name, the document's heading).
+pub(super) fn sheet_title(lang: Lang) -> &'static str {
+    match lang {
+        Lang::En => "Montage sheet",
+        Lang::Ru => "Монтажный лист",
+    }
+}
+
+/// The film-details block above the table, as `(label, value)` rows: the
+/// given details in the trade's order with the film's duration after the
+/// year. The duration is always there, so every delivery file states the
+/// film's length even when no other detail was given.
+pub(super) fn details_block(
+    sheet: &Sheet,
+    details: &FilmDetails,
+    lang: Lang,
+) -> Result<Vec<(&'static str, String)>, String> {
+    let fps: Fps = sheet.fps.parse().map_err(|_| {
+        format!(
+            "the sheet of film {} has an invalid frame rate {:?}",
+            sheet.video_id, sheet.fps
+        )
+    })?;
+    let duration = Some(timecode(sheet.duration_frames, fps));
+    let labels = match lang {
+        Lang::En => ["Title", "Year", "Duration", "Director", "Studio", "Country"],
+        Lang::Ru => [
+            "Название",
+            "Год",
+            "Хронометраж",
+            "Режиссёр",
+            "Производство",
+            "Страна",
+        ],
+    };
+    let values = [
+        details.title.clone(),
+        details.year.clone(),
+        duration,
+        details.director.clone(),
+        details.studio.clone(),
+        details.country.clone(),
+    ];
+    Ok(labels
+        .into_iter()
+        .zip(values)
+        .filter_map(|(label, value)| Some((label, value?)))
+        .collect())
+}
+
+/// One row of the table in film order: a shot, or a part of the film that
+/// no completed chunk covers.
+pub(super) enum Entry<'a> {
+    Shot(&'a SheetShot),
+    Gap(&'a Gap),
+}
+
+/// The shots and the gaps of `sheet` in the order they stand in the film,
+/// so a gap sits in the table exactly where the film has no shots.
+pub(super) fn entries(sheet: &Sheet) -> Vec<Entry<'_>> {
+    let mut entries: Vec<(i64, Entry<'_>)> = sheet
+        .shots
+        .iter()
+        .map(|shot| (shot.start_frame, Entry::Shot(shot)))
+        .chain(
+            sheet
+                .gaps
+                .iter()
+                .map(|gap| (gap.start_frame, Entry::Gap(gap))),
+        )
+        .collect();
+    entries.sort_by_key(|(start, _)| *start);
+    entries.into_iter().map(|(_, entry)| entry).collect()
+}
+
+/// The row standing for a gap: no shot number, the gap's start and end
+/// timecodes, and a note in the content column saying the part is missing.
+/// The chunks' errors stay in `sheet.json`: they are the operator's, not the
+/// reader's of a delivery document.
+pub(super) fn gap_row(gap: &Gap, lang: Lang) -> [String; 6] {
+    [
+        String::new(),
+        gap.start.clone(),
+        gap.end.clone(),
+        String::new(),
+        gap_note(lang).to_string(),
+        String::new(),
+    ]
+}
+
+/// What a gap row says in its content cell.
+pub fn gap_note(lang: Lang) -> &'static str {
+    match lang {
+        Lang::En => "[not analyzed: this part of the film is missing from the sheet]",
+        Lang::Ru => "[не проанализировано: этой части фильма нет в листе]",
+    }
+}
+
+/// The table as CSV: the header row, then one row per shot and per gap in
+/// film order (as in the workbook), cells that look like formulas made
+/// inert.
 pub(super) fn csv_bytes(sheet: &Sheet, lang: Lang) -> Result<Vec<u8>, ExportError> {
     let mut writer = csv::Writer::from_writer(Vec::new());
     writer
         .write_record(trade_headers(lang))
         .map_err(ExportError::Csv)?;
-    for shot in &sheet.shots {
-        let cells = row(shot, lang);
+    for entry in entries(sheet) {
+        let cells = match entry {
+            Entry::Shot(shot) => row(shot, lang),
+            Entry::Gap(gap) => gap_row(gap, lang),
+        };
         writer
             .write_record(cells.iter().map(|cell| inert_cell(cell).into_owned()))
             .map_err(ExportError::Csv)?;
@@ -164,6 +267,49 @@ mod tests {
             "АННА\nПривет.\nNARRATOR (за кадром)\nYears later.\n(поёт)"
         );
         assert_eq!(trade_dialogue(&[], Lang::En), "");
+    }
+
+    #[test]
+    fn a_gap_stands_in_the_csv_where_the_film_has_no_shots() {
+        let shot = |number: u32, start: i64, end: i64| SheetShot {
+            number,
+            start: format!("00:00:{:02}:00", start / 25),
+            end: format!("00:00:{:02}:00", end / 25),
+            start_frame: start,
+            end_frame: end,
+            shot_type: ShotType::Wide,
+            description: "=поле".into(),
+            dialogue: Vec::new(),
+        };
+        let sheet = Sheet {
+            video_id: uuid::Uuid::nil(),
+            source: None,
+            fps: "25/1".into(),
+            duration_frames: 150,
+            total_chunks: 3,
+            completed_chunks: 2,
+            failed_chunks: 1,
+            status: crate::sheet::SheetStatus::Partial,
+            shots: vec![shot(1, 0, 50), shot(2, 100, 150)],
+            gaps: vec![Gap {
+                start: "00:00:02:00".into(),
+                end: "00:00:04:00".into(),
+                start_frame: 50,
+                end_frame: 100,
+                chunks: vec![1],
+                reasons: vec!["timed out".into()],
+            }],
+        };
+        let csv = String::from_utf8(csv_bytes(&sheet, Lang::Ru).expect("csv")).expect("utf-8");
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines.len(), 4, "{csv}");
+        assert_eq!(lines[1], "1,00:00:00:00,00:00:02:00,Общ.,'=поле,");
+        assert_eq!(
+            lines[2],
+            format!(",00:00:02:00,00:00:04:00,,{},", gap_note(Lang::Ru))
+        );
+        assert!(lines[3].starts_with("2,00:00:04:00,"), "{csv}");
+        assert!(!csv.contains("timed out"), "errors stay in sheet.json");
     }
 
     #[test]

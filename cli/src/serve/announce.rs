@@ -1,0 +1,340 @@
+//! How `shotlist process` finds a running `shotlist serve`.
+//!
+//! While it serves, `shotlist serve` keeps an announcement file,
+//! `{"url": "http://127.0.0.1:PORT", "databaseUrl": "...", "pid": N}`, at
+//! [`path`]: `$SHOTLIST_SERVE_FILE`, else
+//! `$XDG_RUNTIME_DIR/shotlist/serve.json`, else
+//! `$XDG_CACHE_HOME/shotlist/serve.json` (or `~/.cache/shotlist/...`). It
+//! names a database, perhaps with its password, so the folder is made 0700,
+//! the file 0600, and the file appears only whole (written beside its place,
+//! then renamed).
+//!
+//! A reader would run its film against whatever database the file names and
+//! send the user to whatever address it gives, so it trusts the file only
+//! when nobody else could have written it (the folder rule of
+//! [`shotlist_shared::localdb::check_private_folder`], and the file itself
+//! owned by this user and not writable by others), only when the address is
+//! this machine's `127.0.0.1`, and only when a serve answers `GET /health`
+//! there within [`HEALTH_TIMEOUT`]. A file left by a serve that was killed
+//! is ignored, and removed once its process is gone.
+
+use std::ffi::OsString;
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::signal;
+use nix::unistd::{self, Pid};
+use serde::{Deserialize, Serialize};
+use shotlist_shared::localdb::check_private_folder;
+
+/// Names the announcement file, overriding the default place (tests point
+/// it into their own folder).
+pub const FILE_VAR: &str = "SHOTLIST_SERVE_FILE";
+
+/// How long a serve may take to answer `GET /health` before its
+/// announcement is taken for stale.
+pub const HEALTH_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// The start every announced address must have: serve listens only there.
+const LOOPBACK_URL: &str = "http://127.0.0.1:";
+
+/// A real announcement is under 1 KB; a larger file is not one.
+const MAX_FILE_BYTES: u64 = 64 * 1024;
+
+/// What a running serve tells other `shotlist` commands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Announcement {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// The database whose films the serve shows.
+    pub database_url: String,
+    /// The serve's process id, to tell a stale file from a slow serve.
+    pub pid: u32,
+}
+
+/// Where the announcement file goes, from the environment; `None` when no
+/// variable names an absolute folder for it.
+pub fn path() -> Option<PathBuf> {
+    path_from(&|name| std::env::var_os(name))
+}
+
+fn path_from(var: &dyn Fn(&str) -> Option<OsString>) -> Option<PathBuf> {
+    let set = |name: &str| var(name).filter(|value| !value.is_empty());
+    if let Some(file) = set(FILE_VAR) {
+        return std::path::absolute(PathBuf::from(file)).ok();
+    }
+    let absolute = |name: &str| set(name).map(PathBuf::from).filter(|p| p.is_absolute());
+    let folder = absolute("XDG_RUNTIME_DIR")
+        .or_else(|| absolute("XDG_CACHE_HOME"))
+        .or_else(|| absolute("HOME").map(|home| home.join(".cache")))?;
+    Some(folder.join("shotlist").join("serve.json"))
+}
+
+/// An announcement on disk, removed when dropped (unless another serve has
+/// replaced it since).
+#[derive(Debug)]
+pub struct Announced {
+    path: PathBuf,
+    pid: u32,
+}
+
+impl Announced {
+    /// Writes `announcement` at `path`, creating its folder (0700) when
+    /// missing. Refuses a folder that others could change: a reader would
+    /// not trust the file there anyway.
+    pub fn write(path: &Path, announcement: &Announcement) -> io::Result<Announced> {
+        let folder = path
+            .parent()
+            .ok_or_else(|| io::Error::other("the announcement path has no folder"))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(folder)?;
+        check_private_folder(folder)?;
+        let mut file = tempfile::Builder::new()
+            .prefix(".serve-")
+            .tempfile_in(folder)?;
+        // tempfile makes it 0600 already; said again because the file names
+        // a database.
+        file.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        let text = serde_json::to_string(announcement).map_err(io::Error::other)?;
+        file.write_all(text.as_bytes())?;
+        file.as_file().sync_all()?;
+        file.persist(path).map_err(|error| error.error)?;
+        Ok(Announced {
+            path: path.to_path_buf(),
+            pid: announcement.pid,
+        })
+    }
+}
+
+impl Drop for Announced {
+    fn drop(&mut self) {
+        let ours = read(&self.path).is_ok_and(|found| found.pid == self.pid);
+        if ours {
+            if let Err(error) = std::fs::remove_file(&self.path) {
+                tracing::warn!(%error, file = %self.path.display(), "could not remove the serve announcement");
+            }
+        }
+    }
+}
+
+/// The running serve announced at [`path`], if there is one that can be
+/// trusted and answers; why not, at debug level, otherwise.
+pub fn find_live() -> Option<Announcement> {
+    let path = path()?;
+    match find_live_at(&path) {
+        Ok(found) => Some(found),
+        Err(reason) => {
+            tracing::debug!(file = %path.display(), reason, "no shotlist serve to use");
+            None
+        }
+    }
+}
+
+fn find_live_at(path: &Path) -> Result<Announcement, String> {
+    let found = read_trusted(path)?;
+    let port = loopback_port(&found.url)
+        .ok_or_else(|| "the announced address is not http://127.0.0.1:PORT".to_string())?;
+    if answers_health(port) {
+        return Ok(found);
+    }
+    if is_gone(found.pid) {
+        // A serve that was killed left it; nobody will remove it otherwise.
+        let _ = std::fs::remove_file(path);
+        return Err(format!(
+            "stale: process {} is gone (file removed)",
+            found.pid
+        ));
+    }
+    Err(format!("{} does not answer GET /health", found.url))
+}
+
+/// The announcement at `path` if only this user could have written it.
+fn read_trusted(path: &Path) -> Result<Announcement, String> {
+    let folder = path.parent().ok_or("the path has no folder")?;
+    check_private_folder(folder).map_err(|e| format!("untrusted folder: {e}"))?;
+    let meta = std::fs::symlink_metadata(path).map_err(|e| e.to_string())?;
+    let me = unistd::geteuid().as_raw();
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    if meta.uid() != me {
+        return Err(format!("owned by uid {}, not {me}", meta.uid()));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "writable by others (mode {:o})",
+            meta.mode() & 0o777
+        ));
+    }
+    read(path)
+}
+
+/// The announcement at `path`, unchecked.
+fn read(path: &Path) -> Result<Announcement, String> {
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_FILE_BYTES).read_to_string(&mut text))
+        .map_err(|e| e.to_string())?;
+    serde_json::from_str(&text).map_err(|e| format!("not an announcement: {e}"))
+}
+
+/// The port of `http://127.0.0.1:PORT`, the only address serve announces.
+fn loopback_port(url: &str) -> Option<u16> {
+    url.strip_prefix(LOOPBACK_URL)?
+        .parse::<u16>()
+        .ok()
+        .filter(|&port| port != 0)
+}
+
+/// Whether a serve answers `GET /health` on 127.0.0.1:`port` within
+/// [`HEALTH_TIMEOUT`]. A plain blocking exchange: it is one small request
+/// made once, before the run's runtime starts.
+fn answers_health(port: u16) -> bool {
+    let deadline = Instant::now() + HEALTH_TIMEOUT;
+    let exchange = || -> io::Result<String> {
+        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let mut stream = TcpStream::connect_timeout(&address, HEALTH_TIMEOUT)?;
+        let left = || {
+            deadline
+                .checked_duration_since(Instant::now())
+                .filter(|left| !left.is_zero())
+                .ok_or_else(|| io::Error::from(io::ErrorKind::TimedOut))
+        };
+        stream.set_write_timeout(Some(left()?))?;
+        write!(
+            stream,
+            "GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut answer = Vec::new();
+        let mut buffer = [0u8; 1024];
+        while answer.len() < 16 * 1024 {
+            stream.set_read_timeout(Some(left()?))?;
+            match stream.read(&mut buffer)? {
+                0 => break,
+                n => answer.extend_from_slice(&buffer[..n]),
+            }
+        }
+        Ok(String::from_utf8_lossy(&answer).into_owned())
+    };
+    exchange().is_ok_and(|answer| {
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with(super::routes::HEALTH_BODY)
+    })
+}
+
+/// Whether no process `pid` exists any more.
+fn is_gone(pid: u32) -> bool {
+    match i32::try_from(pid) {
+        // Signal 0 only asks whether the process exists; pids 0 and 1 are
+        // never a serve's.
+        Ok(raw) if raw > 1 => signal::kill(Pid::from_raw(raw), None) == Err(Errno::ESRCH),
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(pairs: Vars<'a>) -> impl Fn(&str) -> Option<OsString> + 'a {
+        move |name| {
+            pairs
+                .iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| OsString::from(value))
+        }
+    }
+
+    /// Variables and their values.
+    type Vars<'a> = &'a [(&'a str, &'a str)];
+
+    #[test]
+    fn the_file_goes_where_the_first_set_variable_says() {
+        let cases: [(Vars, Option<&str>); 5] = [
+            (
+                &[(FILE_VAR, "/x/s.json"), ("XDG_RUNTIME_DIR", "/run/user/1")],
+                Some("/x/s.json"),
+            ),
+            (
+                &[(FILE_VAR, ""), ("XDG_RUNTIME_DIR", "/run/user/1")],
+                Some("/run/user/1/shotlist/serve.json"),
+            ),
+            (
+                &[("XDG_RUNTIME_DIR", "relative"), ("HOME", "/home/a")],
+                Some("/home/a/.cache/shotlist/serve.json"),
+            ),
+            (
+                &[("XDG_CACHE_HOME", "/c"), ("HOME", "/home/a")],
+                Some("/c/shotlist/serve.json"),
+            ),
+            (&[], None),
+        ];
+        for (vars, expected) in cases {
+            assert_eq!(
+                path_from(&env(vars)),
+                expected.map(PathBuf::from),
+                "{vars:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_a_loopback_http_address_with_a_port_is_taken() {
+        assert_eq!(loopback_port("http://127.0.0.1:8787"), Some(8787));
+        for url in [
+            "http://127.0.0.1:0",
+            "http://127.0.0.1",
+            "http://localhost:8787",
+            "http://127.0.0.1:8787/x",
+            "http://10.0.0.1:8787",
+            "https://127.0.0.1:8787",
+        ] {
+            assert_eq!(loopback_port(url), None, "{url}");
+        }
+    }
+
+    #[test]
+    fn a_written_announcement_reads_back_is_private_and_goes_when_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("new").join("serve.json");
+        let announcement = Announcement {
+            url: "http://127.0.0.1:1".into(),
+            database_url: "host=/tmp/x user=postgres".into(),
+            pid: std::process::id(),
+        };
+        let announced = Announced::write(&path, &announcement).expect("written");
+        let mode = |p: &Path| std::fs::metadata(p).expect("metadata").mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().expect("folder")), 0o700);
+        assert_eq!(read_trusted(&path), Ok(announcement));
+        drop(announced);
+        assert!(!path.exists(), "removed when dropped");
+    }
+
+    #[test]
+    fn a_file_others_may_write_is_not_trusted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("serve.json");
+        let announcement = Announcement {
+            url: "http://127.0.0.1:1".into(),
+            database_url: "x".into(),
+            pid: 1,
+        };
+        let _announced = Announced::write(&path, &announcement).expect("written");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o622)).expect("chmod");
+        let refused = read_trusted(&path).expect_err("group-writable file");
+        assert!(refused.contains("writable by others"), "{refused}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
+            .expect("chmod folder");
+        let refused = read_trusted(&path).expect_err("world-writable folder");
+        assert!(refused.contains("untrusted folder"), "{refused}");
+    }
+}
