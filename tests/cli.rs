@@ -124,6 +124,29 @@ fn real_film_through_the_embedded_database_gives_a_contiguous_sheet() {
 }
 
 #[test]
+fn a_run_whose_stdout_and_stderr_readers_left_still_writes_its_sheet() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let mut child = shotlist()
+        .arg("process")
+        .arg(city_film())
+        .arg("--out")
+        .arg(out.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start shotlist");
+    // As `shotlist process FILM 2>&1 | head -1` does once it has its line:
+    // every later write to either pipe fails with EPIPE.
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    let status = child.wait().expect("wait for shotlist");
+    assert!(status.success(), "a closed pipe is no failure: {status:?}");
+    for file in ["sheet.json", "sheet.csv", "sheet.xlsx", "sheet.docx"] {
+        assert!(out.path().join(file).is_file(), "{file} is written");
+    }
+}
+
+#[test]
 fn missing_film_is_a_one_line_error() {
     let stderr = assert_one_line_error(
         shotlist().args(["process", "/no/such/film.mp4"]),

@@ -624,6 +624,15 @@ async fn export_errors_name_the_film_the_path_or_the_flag() {
         &format!("no folder {}", missing.display()),
     );
     assert!(stderr.contains("--database-url") && stderr.contains("--from"));
+    let a_file = work.path().join("sheet.json");
+    std::fs::write(&a_file, "{}").expect("write");
+    assert_fails(
+        export(&id.to_string())
+            .args(["--format", "csv", "--from"])
+            .arg(&a_file),
+        1,
+        &format!("{} is a file, not a folder", a_file.display()),
+    );
     assert_fails(
         export(&id.to_string()).args(["--format", "csv"]),
         1,

@@ -572,3 +572,121 @@ async fn an_announcement_others_could_write_is_ignored_even_while_its_serve_answ
     }
     chmod(&folder, 0o700);
 }
+
+#[test]
+fn a_second_serve_on_the_same_announcement_is_refused_and_the_first_stays_found() {
+    let first = Serve::start(None);
+    let second = Command::new(shotlist_bin())
+        .args(["serve", "--port", "0"])
+        .env_remove("DATABASE_URL")
+        .env_remove("RUST_LOG")
+        .env("SHOTLIST_SERVE_FILE", &first.file)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run a second shotlist serve");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "shotlist serve is already running at {}",
+            first.url
+        )),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("starting the embedded PostgreSQL"),
+        "refused before a database is started: {stderr}"
+    );
+    let announced: Value =
+        serde_json::from_slice(&std::fs::read(&first.file).expect("still announced"))
+            .expect("JSON");
+    assert_eq!(announced["url"], first.url.as_str());
+}
+
+#[test]
+fn a_run_in_serves_private_database_ends_at_once_saying_why_when_serve_stops() {
+    let fps = shotlist_shared::time::Fps::new(25, 1).expect("fps");
+    let cuts: Vec<i64> = (1..40).map(|n| n * 75).collect();
+    let film = shotlist_tests::film::make_film(
+        &shotlist_tests::film::film_dir(),
+        fps,
+        &cuts,
+        3_000,
+        false,
+    );
+    let serve = Serve::start(None);
+    let out = tempfile::tempdir().expect("tempdir");
+    // 2 minutes in chunks of 3 s, one at a time: long enough to stop serve
+    // in the middle.
+    let mut run = Command::new(shotlist_bin())
+        .arg("process")
+        .arg(&film.path)
+        .arg("--out")
+        .arg(out.path())
+        .args(["--chunk-seconds", "3", "--overlap-seconds", "1"])
+        .args(["--concurrency", "1"])
+        .env_remove("DATABASE_URL")
+        .env_remove("RUST_LOG")
+        .env("SHOTLIST_SERVE_FILE", &serve.file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start shotlist process");
+    let (lines_tx, lines) = mpsc::channel();
+    let stderr = run.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    while !seen
+        .iter()
+        .any(|line: &String| line.starts_with("chunk 1/"))
+    {
+        match lines.recv_timeout(START_LIMIT) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("no chunk finished within {START_LIMIT:?}: {seen:?}"),
+        }
+    }
+
+    let (status, _) = serve.interrupt();
+    assert_eq!(status.code(), Some(130));
+    // Not the database's own retries, which take minutes: serve is watched.
+    let deadline = std::time::Instant::now() + START_LIMIT;
+    let ended = loop {
+        if let Some(status) = run.try_wait().expect("poll process") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = run.kill();
+            panic!("process still runs {START_LIMIT:?} after serve stopped");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    reader.join().expect("stderr reader");
+    seen.extend(lines.try_iter());
+    assert_eq!(ended.code(), Some(1), "{seen:?}");
+    let last = seen.last().cloned().unwrap_or_default();
+    assert!(
+        last.starts_with(&format!(
+            "shotlist: error: shotlist serve at {} stopped",
+            serve_url(&seen)
+        )),
+        "{seen:?}"
+    );
+    assert!(
+        !out.path().join("sheet.json").exists(),
+        "no sheet from a lost database"
+    );
+}
+
+/// The serve URL a run said it joined.
+fn serve_url(stderr: &[String]) -> String {
+    stderr
+        .iter()
+        .find_map(|line| line.strip_prefix("using the database of shotlist serve at "))
+        .unwrap_or_else(|| panic!("the run did not join serve: {stderr:?}"))
+        .to_string()
+}

@@ -29,7 +29,7 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Analyze FILM and write its sheet.json and sheet.csv.
+    /// Analyze FILM and write its sheet.json, sheet.csv, sheet.xlsx and sheet.docx.
     Process(ProcessArgs),
     /// Run FILM through the cloud shape on this machine: submit, an
     /// SQS-compatible server (e.g. moto on 127.0.0.1), process-chunk at most
@@ -141,7 +141,7 @@ pub struct ProcessArgs {
     /// The video file to analyze.
     #[arg(value_name = "FILM")]
     pub film: PathBuf,
-    /// Folder for sheet.json and sheet.csv [default: ./shotlist-out/<video id>].
+    /// Folder for the sheet's files [default: ./shotlist-out/<video id>].
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// PostgreSQL to keep the state in; without it a private, temporary

@@ -39,7 +39,8 @@ pub struct ExportArgs {
     #[arg(long, value_name = "en|ru", default_value = "en")]
     pub lang: String,
     /// The file to write, `-` for stdout
-    /// [default: ./shotlist-<VIDEO_ID>.<lang>.<format>].
+    /// [default: ./shotlist-<VIDEO_ID>.<lang>.<format>, or
+    /// ./shotlist-<VIDEO_ID>.json for json].
     #[arg(long, value_name = "FILE", allow_hyphen_values = true)]
     pub out: Option<PathBuf>,
     /// Read the sheet and details from this PostgreSQL.
@@ -198,7 +199,7 @@ pub async fn run(settings: ExportSettings) -> Result<(), ExportFailed> {
         }
         Target::File(path) => {
             export::write_file(path, &bytes).map_err(write_error)?;
-            println!("{}", path.display());
+            out!("{}", path.display());
         }
     }
     Ok(())
@@ -229,8 +230,14 @@ async fn from_database(url: &str, video_id: Uuid) -> Result<(Sheet, FilmDetails)
 /// The sheet and details `process` wrote to `dir`: `sheet.json`, which must
 /// be the sheet of `video_id`, and `details.json` when there is one.
 fn from_folder(dir: &Path, video_id: Uuid) -> Result<(Sheet, FilmDetails), ExportFailed> {
-    const HINT: &str = "give --database-url (or DATABASE_URL) to read the film from a database, \
-                        or --from DIR for the folder process wrote";
+    const HINT: &str = "export reads the folder process wrote (--from DIR), or the film's \
+                        database (--database-url or DATABASE_URL)";
+    if dir.is_file() {
+        return Err(ExportFailed::Folder(format!(
+            "{} is a file, not a folder; {HINT}",
+            dir.display()
+        )));
+    }
     if !dir.is_dir() {
         return Err(ExportFailed::Folder(format!(
             "no folder {} for the sheet of video {video_id}; {HINT}",
@@ -262,7 +269,7 @@ fn from_folder(dir: &Path, video_id: Uuid) -> Result<(Sheet, FilmDetails), Expor
             .and_then(|details| details.checked().map_err(|(_, reason)| reason))
             .map_err(|reason| {
                 ExportFailed::Folder(format!(
-                    "{} holds no film details: {reason}",
+                    "{} is not film details: {reason}",
                     details_path.display()
                 ))
             })?,

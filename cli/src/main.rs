@@ -17,6 +17,23 @@
 //! errors go to stderr. A failure is one line, `shotlist: error: <reason>`,
 //! and a non-zero exit status.
 
+/// `println!` that never panics: a closed stdout (a pipe whose reader left,
+/// as `| head` does) loses the line, not the run or its saved work.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` that never panics, for the same reason as [`out!`].
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod args;
 mod export;
 mod progress;
@@ -87,6 +104,11 @@ enum CliError {
     },
     #[error("interrupted")]
     Interrupted,
+    #[error(
+        "shotlist serve at {0} stopped, and with it the database this run was using; \
+         run the film again"
+    )]
+    ServeGone(String),
     #[error("could not set up the analyzer: {0}")]
     Analyzer(String),
     #[error("no chunk could be analyzed: {0}")]
@@ -146,15 +168,6 @@ fn main() -> ExitCode {
             Vec::new()
         }
     };
-    // A running `shotlist serve` whose database a run joins, so that its
-    // page shows the run; its database may have a password too.
-    let serving = match &cli.command {
-        Command::Process(_) | Command::Cloud(_) => serve::announce::find_live(),
-        _ => None,
-    };
-    if let Some(found) = &serving {
-        secrets.extend(redact::secrets(&found.database_url));
-    }
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -162,11 +175,25 @@ fn main() -> ExitCode {
             what: "start the async runtime",
             source,
         })
-        .and_then(|runtime| runtime.block_on(run(cli.command, serving)));
+        .and_then(|runtime| {
+            runtime.block_on(async {
+                // A running `shotlist serve` whose database a run joins, so
+                // that its page shows the run; that database may have a
+                // password too.
+                let serving = match &cli.command {
+                    Command::Process(_) | Command::Cloud(_) => serve::announce::find_live().await,
+                    _ => None,
+                };
+                if let Some(found) = &serving {
+                    secrets.extend(redact::secrets(&found.database_url));
+                }
+                run(cli.command, serving).await
+            })
+        });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("shotlist: error: {}", describe(&error, &secrets));
+            note!("shotlist: error: {}", describe(&error, &secrets));
             error.exit_code()
         }
     }
@@ -189,7 +216,7 @@ fn usage_error(error: clap::Error) -> ExitCode {
             let text = error.to_string();
             let first = text.split("\n\n").next().unwrap_or_default();
             let reason = one_line(first.strip_prefix("error: ").unwrap_or(first));
-            eprintln!("shotlist: error: {reason} (see shotlist --help)");
+            note!("shotlist: error: {reason} (see shotlist --help)");
             ExitCode::from(EXIT_USAGE)
         }
     }
@@ -232,10 +259,10 @@ async fn migrate(url: &str) -> Result<(), CliError> {
     let db = Db::connect(url, 1).await?;
     let applied = db.migrate().await?;
     if applied.is_empty() {
-        println!("{}: up to date", db.target());
+        out!("{}: up to date", db.target());
     }
     for name in applied {
-        println!("{}: applied {name}", db.target());
+        out!("{}: applied {name}", db.target());
     }
     Ok(())
 }
@@ -292,6 +319,12 @@ async fn process(
     // The film's id is fixed here, so that the output folder is known, and
     // known to be writable, before any work that a late failure would waste.
     let video_id = *settings.options.video_id.get_or_insert_with(Uuid::new_v4);
+    // A serve's private database goes when serve stops: a run in it watches
+    // serve, so that it ends at once, saying why, rather than retrying a
+    // database that is gone.
+    let watched = serving
+        .clone()
+        .filter(|found| found.private_database && settings.database_url.is_none());
     let page = serving.and_then(|found| serve::join(found, &mut settings.database_url));
     let out = settings
         .out
@@ -303,9 +336,15 @@ async fn process(
         source,
     })?;
     if let Some(base) = &page {
-        eprintln!("progress: {base}/videos/{video_id}/progress");
+        note!("progress: {base}/videos/{video_id}/progress");
     }
-    let result = analyze(&settings, cloud.as_ref(), &mut interrupt).await;
+    let result = match &watched {
+        Some(found) => tokio::select! {
+            result = analyze(&settings, cloud.as_ref(), &mut interrupt) => result,
+            () = serve::announce::until_gone(found) => Err(CliError::ServeGone(found.url.clone())),
+        },
+        None => analyze(&settings, cloud.as_ref(), &mut interrupt).await,
+    };
     let (sheet, details) = match result {
         Ok(done) => done,
         Err(error) => {
@@ -585,23 +624,25 @@ async fn stop_cluster(cluster: TempCluster) {
 
 /// Prints where the sheet is and a one-line summary on stdout.
 fn report(sheet: &Sheet, files: &SheetFiles, delivery: &DeliveryFiles) {
-    println!("{}", files.json.display());
-    println!("{}", files.csv.display());
-    println!("{}", delivery.xlsx.display());
-    println!("{}", delivery.docx.display());
+    out!("{}", files.json.display());
+    out!("{}", files.csv.display());
+    out!("{}", delivery.xlsx.display());
+    out!("{}", delivery.docx.display());
     if let Some(details) = &delivery.details {
-        println!("{}", details.display());
+        out!("{}", details.display());
     }
     let shots = match sheet.shots.len() {
         1 => "1 shot".to_string(),
         n => format!("{n} shots"),
     };
-    println!(
+    out!(
         "{shots}, {}/{} chunks completed, {} failed",
-        sheet.completed_chunks, sheet.total_chunks, sheet.failed_chunks
+        sheet.completed_chunks,
+        sheet.total_chunks,
+        sheet.failed_chunks
     );
     if sheet.status == SheetStatus::Partial {
-        eprintln!(
+        note!(
             "shotlist: warning: the sheet is partial: {} part(s) of the film were not analyzed \
              (see \"gaps\" in sheet.json)",
             sheet.gaps.len()

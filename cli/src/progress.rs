@@ -48,7 +48,7 @@ impl Progress {
     pub fn stage(&self, text: &str) {
         match &self.bar {
             Some(bar) => bar.set_message(text.to_string()),
-            None => eprintln!("{text}"),
+            None => note!("{text}"),
         }
     }
 
@@ -115,7 +115,7 @@ impl Progress {
                 bar.reset_eta();
                 bar.println(format!("video {video_id}: {}", chunks(total)));
             }
-            None => eprintln!("video {video_id}: {}", chunks(total)),
+            None => note!("video {video_id}: {}", chunks(total)),
         }
     }
 
@@ -150,8 +150,8 @@ impl Progress {
                     bar.set_message(format!("({failed} failed)"));
                 }
             }
-            None if failed > 0 => eprintln!("chunk {done}/{total} done ({failed} failed)"),
-            None => eprintln!("chunk {done}/{total} done"),
+            None if failed > 0 => note!("chunk {done}/{total} done ({failed} failed)"),
+            None => note!("chunk {done}/{total} done"),
         }
     }
 
@@ -164,7 +164,7 @@ impl Progress {
     fn line(&self, text: &str) {
         match &self.bar {
             Some(bar) => bar.println(text),
-            None => eprintln!("{text}"),
+            None => note!("{text}"),
         }
     }
 }

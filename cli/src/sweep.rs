@@ -43,9 +43,9 @@ pub async fn run(settings: SweepSettings) -> Result<(), SweepFailed> {
     };
     let report = sweep::sweep(&db, requeue.as_ref(), settings.options).await?;
     for line in lines(&report, settings.options.stale.as_secs_f64()) {
-        println!("{line}");
+        out!("{line}");
     }
-    println!("{}", summary(&report, db.target()));
+    out!("{}", summary(&report, db.target()));
     match report.problems.first() {
         None => Ok(()),
         Some(first) => Err(SweepFailed::Incomplete {

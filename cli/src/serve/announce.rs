@@ -20,10 +20,9 @@
 
 use std::ffi::OsString;
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::sys::signal;
@@ -38,6 +37,10 @@ pub const FILE_VAR: &str = "SHOTLIST_SERVE_FILE";
 /// How long a serve may take to answer `GET /health` before its
 /// announcement is taken for stale.
 pub const HEALTH_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// How often a run in a serve's private database checks that serve is
+/// still there.
+pub const WATCH_EVERY: Duration = Duration::from_secs(2);
 
 /// The start every announced address must have: serve listens only there.
 const LOOPBACK_URL: &str = "http://127.0.0.1:";
@@ -55,6 +58,10 @@ pub struct Announcement {
     pub database_url: String,
     /// The serve's process id, to tell a stale file from a slow serve.
     pub pid: u32,
+    /// Whether the database is serve's own, removed when serve stops (a run
+    /// that joined it then cannot go on).
+    #[serde(default)]
+    pub private_database: bool,
 }
 
 /// Where the announcement file goes, from the environment; `None` when no
@@ -127,9 +134,9 @@ impl Drop for Announced {
 
 /// The running serve announced at [`path`], if there is one that can be
 /// trusted and answers; why not, at debug level, otherwise.
-pub fn find_live() -> Option<Announcement> {
+pub async fn find_live() -> Option<Announcement> {
     let path = path()?;
-    match find_live_at(&path) {
+    match find_live_at(&path).await {
         Ok(found) => Some(found),
         Err(reason) => {
             tracing::debug!(file = %path.display(), reason, "no shotlist serve to use");
@@ -138,11 +145,11 @@ pub fn find_live() -> Option<Announcement> {
     }
 }
 
-fn find_live_at(path: &Path) -> Result<Announcement, String> {
+async fn find_live_at(path: &Path) -> Result<Announcement, String> {
     let found = read_trusted(path)?;
     let port = loopback_port(&found.url)
         .ok_or_else(|| "the announced address is not http://127.0.0.1:PORT".to_string())?;
-    if answers_health(port) {
+    if answers_health(port).await {
         return Ok(found);
     }
     if is_gone(found.pid) {
@@ -195,38 +202,44 @@ fn loopback_port(url: &str) -> Option<u16> {
 }
 
 /// Whether a serve answers `GET /health` on 127.0.0.1:`port` within
-/// [`HEALTH_TIMEOUT`]. A plain blocking exchange: it is one small request
-/// made once, before the run's runtime starts.
-fn answers_health(port: u16) -> bool {
-    let deadline = Instant::now() + HEALTH_TIMEOUT;
-    let exchange = || -> io::Result<String> {
-        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let mut stream = TcpStream::connect_timeout(&address, HEALTH_TIMEOUT)?;
-        let left = || {
-            deadline
-                .checked_duration_since(Instant::now())
-                .filter(|left| !left.is_zero())
-                .ok_or_else(|| io::Error::from(io::ErrorKind::TimedOut))
-        };
-        stream.set_write_timeout(Some(left()?))?;
-        write!(
-            stream,
-            "GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut answer = Vec::new();
-        let mut buffer = [0u8; 1024];
-        while answer.len() < 16 * 1024 {
-            stream.set_read_timeout(Some(left()?))?;
-            match stream.read(&mut buffer)? {
-                0 => break,
-                n => answer.extend_from_slice(&buffer[..n]),
-            }
-        }
-        Ok(String::from_utf8_lossy(&answer).into_owned())
+/// [`HEALTH_TIMEOUT`] with exactly [`super::routes::HEALTH_BODY`].
+async fn answers_health(port: u16) -> bool {
+    // No proxy: whatever the environment names, loopback is asked directly.
+    let Ok(client) = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(HEALTH_TIMEOUT)
+        .build()
+    else {
+        return false;
     };
-    exchange().is_ok_and(|answer| {
-        answer.starts_with("HTTP/1.1 200") && answer.ends_with(super::routes::HEALTH_BODY)
-    })
+    let answer = async {
+        let response = client
+            .get(format!("{LOOPBACK_URL}{port}/health"))
+            .send()
+            .await?
+            .error_for_status()?;
+        response.text().await
+    };
+    answer
+        .await
+        .is_ok_and(|body| body == super::routes::HEALTH_BODY)
+}
+
+/// Returns once the serve `found` has stopped answering (twice in a row,
+/// [`WATCH_EVERY`] apart): a run in its private database cannot go on.
+pub async fn until_gone(found: &Announcement) {
+    let Some(port) = loopback_port(&found.url) else {
+        return;
+    };
+    let mut misses = 0;
+    while misses < 2 {
+        tokio::time::sleep(WATCH_EVERY).await;
+        misses = if answers_health(port).await {
+            0
+        } else {
+            misses + 1
+        };
+    }
 }
 
 /// Whether no process `pid` exists any more.
@@ -308,6 +321,7 @@ mod tests {
             url: "http://127.0.0.1:1".into(),
             database_url: "host=/tmp/x user=postgres".into(),
             pid: std::process::id(),
+            private_database: true,
         };
         let announced = Announced::write(&path, &announcement).expect("written");
         let mode = |p: &Path| std::fs::metadata(p).expect("metadata").mode() & 0o777;
@@ -326,6 +340,7 @@ mod tests {
             url: "http://127.0.0.1:1".into(),
             database_url: "x".into(),
             pid: 1,
+            private_database: false,
         };
         let _announced = Announced::write(&path, &announcement).expect("written");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o622)).expect("chmod");

@@ -51,44 +51,62 @@ pub enum ServeError {
     },
     #[error("the HTTP server failed: {0}")]
     Http(#[source] std::io::Error),
+    #[error(
+        "shotlist serve is already running at {0}; stop it first, or give this one its own \
+         SHOTLIST_SERVE_FILE"
+    )]
+    AlreadyRunning(String),
 }
 
 /// Serves until Ctrl-C or SIGTERM, which end it with
-/// [`CliError::Interrupted`] once everything it made is removed.
+/// [`CliError::Interrupted`] once everything it made is removed. Refuses to
+/// start beside a serve already announced at the same place: the second
+/// would hide the first from `shotlist process`.
 pub async fn run(settings: ServeSettings) -> Result<(), CliError> {
     let mut interrupt = Interrupt::listen()?;
+    if let Some(running) = announce::find_live().await {
+        return Err(ServeError::AlreadyRunning(running.url).into());
+    }
+    // The port first: a port in use is told before a database is started.
+    let port = settings.port;
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+        .await
+        .map_err(|source| ServeError::Listen { port, source })?;
     match &settings.database_url {
-        Some(url) => serve(url, settings.port, &mut interrupt).await,
+        Some(url) => serve(listener, url, false, &mut interrupt).await,
         None => {
-            eprintln!("starting the embedded PostgreSQL");
+            note!("starting the embedded PostgreSQL");
             let cluster = start_cluster(&mut interrupt).await?;
-            let result = serve(&cluster.url(), settings.port, &mut interrupt).await;
+            let result = serve(listener, &cluster.url(), true, &mut interrupt).await;
             stop_cluster(cluster).await;
             result
         }
     }
 }
 
-async fn serve(database_url: &str, port: u16, interrupt: &mut Interrupt) -> Result<(), CliError> {
+async fn serve(
+    listener: tokio::net::TcpListener,
+    database_url: &str,
+    private_database: bool,
+    interrupt: &mut Interrupt,
+) -> Result<(), CliError> {
     let db = interrupt
         .guard(Db::connect(database_url, CONNECTIONS))
         .await?;
     let applied = interrupt.guard(db.migrate()).await?;
     tracing::debug!(?applied, "migrations applied");
-    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port))
-        .await
-        .map_err(|source| ServeError::Listen { port, source })?;
     let port = listener
         .local_addr()
-        .map_err(|source| ServeError::Listen { port, source })?
+        .map_err(|source| ServeError::Listen { port: 0, source })?
         .port();
     let url = format!("http://127.0.0.1:{port}");
     let announced = announce(Announcement {
         url: url.clone(),
         database_url: database_url.to_string(),
         pid: std::process::id(),
+        private_database,
     });
-    println!("serving {url}");
+    out!("serving {url}");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, routes::router(db, port))
         .with_graceful_shutdown(async move {
@@ -115,7 +133,7 @@ async fn serve(database_url: &str, port: u16, interrupt: &mut Interrupt) -> Resu
 /// failure only costs discovery, so it is a warning, not an error.
 fn announce(announcement: Announcement) -> Option<Announced> {
     let Some(path) = announce::path() else {
-        eprintln!(
+        note!(
             "shotlist: warning: not announcing this server (set {} or HOME); \
              shotlist process will not find it",
             announce::FILE_VAR
@@ -125,7 +143,7 @@ fn announce(announcement: Announcement) -> Option<Announced> {
     match Announced::write(&path, &announcement) {
         Ok(announced) => Some(announced),
         Err(error) => {
-            eprintln!(
+            note!(
                 "shotlist: warning: could not write {}: {error}; shotlist process will not find \
                  this server",
                 path.display()
@@ -142,7 +160,7 @@ fn announce(announcement: Announcement) -> Option<Announced> {
 pub fn join(found: Announcement, database_url: &mut Option<String>) -> Option<String> {
     match database_url {
         None => {
-            eprintln!("using the database of shotlist serve at {}", found.url);
+            note!("using the database of shotlist serve at {}", found.url);
             *database_url = Some(found.database_url);
             Some(found.url)
         }
