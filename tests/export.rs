@@ -484,7 +484,13 @@ async fn export_in_russian_from_the_database_or_the_folder_has_the_trade_headers
     let left: Vec<_> = std::fs::read_dir(work.path()).expect("list").collect();
     assert!(left.is_empty(), "--out - writes no file: {left:?}");
 
-    let (header, rows) = parse_csv(&from_db);
+    // A UTF-8 byte-order mark, once, so that Excel on Windows reads the
+    // Cyrillic as UTF-8.
+    let table = from_db
+        .strip_prefix('\u{FEFF}')
+        .expect("the trade CSV starts with a UTF-8 byte-order mark");
+    assert!(!table.contains('\u{FEFF}'), "one mark, at the start");
+    let (header, rows) = parse_csv(table);
     assert_eq!(
         header,
         [
@@ -700,4 +706,91 @@ async fn export_errors_name_the_film_the_path_or_the_flag() {
         "127.0.0.1",
     );
     assert!(!stderr.contains(secret), "{stderr}");
+}
+
+#[test]
+fn export_out_is_never_a_link_a_fifo_a_socket_or_the_sheet_it_reads_from() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let folder = work.path().join("folder");
+    let sheet = awkward_sheet();
+    export::write_sheet(&folder, &sheet).expect("written");
+    let sheet_json = std::fs::read(folder.join("sheet.json")).expect("read");
+    let precious = work.path().join("precious.txt");
+    std::fs::write(&precious, "keep me").expect("write");
+    let link = work.path().join("link.csv");
+    std::os::unix::fs::symlink(&precious, &link).expect("symlink");
+    let fifo = work.path().join("fifo.csv");
+    let fifo_c = std::ffi::CString::new(fifo.to_string_lossy().as_bytes()).expect("no NUL");
+    // SAFETY: `fifo_c` is a valid NUL-terminated path that lives for the call.
+    assert_eq!(unsafe { libc::mkfifo(fifo_c.as_ptr(), 0o600) }, 0, "mkfifo");
+    let socket = work.path().join("socket.csv");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).expect("socket");
+    let export_to = |out: &Path| {
+        let mut command = shotlist_in(work.path());
+        command
+            .args(["export", &sheet.video_id.to_string(), "--format", "csv"])
+            .arg("--from")
+            .arg(&folder)
+            .arg("--out")
+            .arg(out);
+        command
+    };
+
+    let refusals = [
+        (
+            link.clone(),
+            "is a symbolic link; give a regular file or - for stdout",
+        ),
+        (fifo.clone(), "is not a regular file (a FIFO)"),
+        (socket.clone(), "is not a regular file (a socket)"),
+        // The child's own stdin, as /dev/fd/N of a shell's >(...) would be.
+        (PathBuf::from("/proc/self/fd/0"), "is a symbolic link"),
+        (
+            folder.join("sheet.json"),
+            "would overwrite the sheet it is read from",
+        ),
+        (
+            work.path().join("folder/../folder/./details.json"),
+            "would overwrite the details it is read from",
+        ),
+    ];
+    for (out, expected) in refusals {
+        let stderr = assert_fails(&mut export_to(&out), 2, expected);
+        assert!(
+            stderr.contains(&format!("--out {}", out.display())),
+            "{stderr}"
+        );
+    }
+    assert_eq!(std::fs::read_to_string(&link).expect("read"), "keep me");
+    let kind = |path: &Path| {
+        std::fs::symlink_metadata(path)
+            .expect("still there")
+            .file_type()
+    };
+    assert!(kind(&link).is_symlink(), "the link is still a link");
+    use std::os::unix::fs::FileTypeExt;
+    assert!(kind(&fifo).is_fifo(), "the FIFO is still a FIFO");
+    assert!(kind(&socket).is_socket(), "the socket is still a socket");
+    assert_eq!(
+        std::fs::read(folder.join("sheet.json")).expect("read"),
+        sheet_json,
+        "the only copy of the sheet is whole"
+    );
+    assert!(!folder.join("details.json").exists());
+
+    // A file in a folder nobody can create files in: said at once.
+    assert_fails(
+        &mut export_to(Path::new("/proc/version")),
+        1,
+        "--out must be a regular file in a writable folder, or - for stdout",
+    );
+    // A regular file is replaced as before.
+    let taken = work.path().join("taken.csv");
+    std::fs::write(&taken, "old").expect("write");
+    succeed(&mut export_to(&taken));
+    let written = std::fs::read(&taken).expect("read");
+    assert!(
+        written.starts_with(export::UTF8_BOM),
+        "the trade CSV replaced it"
+    );
 }

@@ -641,3 +641,137 @@ async fn a_real_run_of_a_generated_film_reads_back_cell_for_cell_in_both_formats
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// Text a workbook or a document cannot hold as it is.
+
+/// What the workbook says at the end of a cell it had to cut, in `lang`.
+fn cut_note(cut: usize, lang: Lang) -> String {
+    match lang {
+        Lang::En => format!(
+            "… [cut: {cut} more characters; the whole text is in sheet.docx and sheet.json]"
+        ),
+        Lang::Ru => format!(
+            "… [обрезано, не поместилось символов: {cut}; весь текст — в sheet.docx и \
+             sheet.json]"
+        ),
+    }
+}
+
+/// Asserts that `cell` is the beginning of `whole` with the note saying how
+/// much was cut, within Excel's 32,767 characters.
+fn assert_cut_with_a_note(file: &str, what: &str, cell: &str, whole: &str, lang: Lang) {
+    let length = cell.chars().count();
+    assert!(length <= 32_767, "{file}: {what} has {length} characters");
+    let note_at = cell
+        .rfind("… [")
+        .unwrap_or_else(|| panic!("{file}: {what} has no note at its end"));
+    let (kept, note) = cell.split_at(note_at);
+    assert!(
+        whole.starts_with(kept),
+        "{file}: {what} keeps the text's beginning"
+    );
+    assert!(kept.chars().count() > 30_000, "{file}: {what} keeps most");
+    let cut = whole.chars().count() - kept.chars().count();
+    assert_eq!(note, cut_note(cut, lang), "{file}: {what}'s note");
+}
+
+#[test]
+fn an_over_long_description_and_dialogue_are_cut_with_a_note_in_the_workbook_and_whole_in_the_document(
+) {
+    let description: String = "Длинное описание кадра, 😀 и снова. "
+        .chars()
+        .cycle()
+        .take(40_000)
+        .collect();
+    let mut long = shot(1, (0, 250), ShotType::Wide, &description);
+    long.dialogue = (0..20_000)
+        .map(|n| line("Анна", &format!("Реплика {n}."), n % 2 == 1))
+        .collect();
+    let sheet = Sheet {
+        video_id: Uuid::new_v4(),
+        source: None,
+        fps: "25/1".to_string(),
+        duration_frames: 250,
+        total_chunks: 1,
+        completed_chunks: 1,
+        failed_chunks: 0,
+        status: SheetStatus::Complete,
+        shots: vec![long],
+        gaps: Vec::new(),
+    };
+    for lang in Lang::ALL {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = export::write_delivery(dir.path(), &sheet, &cyrillic_details(), lang)
+            .unwrap_or_else(|error| panic!("{lang}: the delivery files: {error}"));
+        let dialogue = trade_dialogue(&sheet.shots[0].dialogue, lang);
+        assert!(dialogue.chars().count() > 32_767, "the dialogue is long");
+
+        let file = format!("sheet.{lang}.xlsx");
+        let read = read_back(&files.xlsx);
+        let rows = read["rows"].as_array().expect("rows");
+        assert_eq!(rows.len(), 1, "{file}: one shot");
+        let cell = |column: usize| rows[0][column].as_str().expect("a cell").to_string();
+        assert_eq!(cell(0), "1", "{file}: the shot's number");
+        assert_cut_with_a_note(&file, "the description", &cell(4), &description, lang);
+        assert_cut_with_a_note(&file, "the dialogue", &cell(5), &dialogue, lang);
+
+        let file = format!("sheet.{lang}.docx");
+        let read = read_back(&files.docx);
+        let rows = read["rows"].as_array().expect("rows");
+        assert_eq!(rows[0][4], description, "{file}: the whole description");
+        assert_eq!(rows[0][5], dialogue, "{file}: the whole dialogue");
+    }
+}
+
+#[test]
+fn characters_xml_forbids_read_back_as_replacement_characters_in_the_document() {
+    let mut first = shot(1, (0, 100), ShotType::CloseUp, "Кадр\u{1}один\u{1F}");
+    first.dialogue = vec![line("Ан\u{FFFE}на", "При\u{8}вет.", false)];
+    let sheet = Sheet {
+        video_id: Uuid::new_v4(),
+        source: None,
+        fps: "25/1".to_string(),
+        duration_frames: 100,
+        total_chunks: 1,
+        completed_chunks: 1,
+        failed_chunks: 0,
+        status: SheetStatus::Complete,
+        shots: vec![first],
+        gaps: Vec::new(),
+    };
+    // As a database holding details stored before the check could give
+    // them: FilmDetails::checked refuses them now.
+    let details = FilmDetails {
+        title: Some("Сталкер\u{FFFF}".to_string()),
+        director: Some("А.\u{B}Тарковский".to_string()),
+        ..FilmDetails::default()
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    for lang in Lang::ALL {
+        let read = render_and_read(dir.path(), &sheet, &details, Format::Docx, lang);
+        let heading = match lang {
+            Lang::En => "Montage sheet",
+            Lang::Ru => "Монтажный лист",
+        };
+        assert_eq!(
+            read["title"],
+            format!("{heading}: Сталкер\u{FFFD}"),
+            "{lang}"
+        );
+        let director = read["details"]
+            .as_array()
+            .expect("details")
+            .iter()
+            .find(|pair| pair[1].as_str().is_some_and(|v| v.contains("Тарковский")))
+            .map(|pair| pair[1].clone());
+        assert_eq!(
+            director,
+            Some(Value::from("А.\u{FFFD}Тарковский")),
+            "{lang}"
+        );
+        let rows = read["rows"].as_array().expect("rows");
+        assert_eq!(rows[0][4], "Кадр\u{FFFD}один\u{FFFD}", "{lang}");
+        assert_eq!(rows[0][5], "АН\u{FFFD}НА\nПри\u{FFFD}вет.", "{lang}");
+    }
+}

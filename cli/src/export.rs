@@ -89,11 +89,6 @@ impl ExportArgs {
             .map_err(|reason| ArgError(format!("--format: {reason}")))?;
         let lang = parse_lang(&self.lang)?;
         let details = self.details.checked()?;
-        let target = match self.out {
-            Some(out) if out.as_os_str() == "-" => Target::Stdout,
-            Some(out) => Target::File(check_out_file(out)?),
-            None => Target::File(default_file(self.video_id, format, lang)),
-        };
         // An empty DATABASE_URL counts as unset.
         let url = self.database_url.filter(|url| !url.trim().is_empty());
         let source = match (self.from, url) {
@@ -102,6 +97,11 @@ impl ExportArgs {
             (None, None) => {
                 Source::Folder(Path::new(DEFAULT_FOLDER_ROOT).join(self.video_id.to_string()))
             }
+        };
+        let target = match self.out {
+            Some(out) if out.as_os_str() == "-" => Target::Stdout,
+            Some(out) => Target::File(check_out_file(out, &source)?),
+            None => Target::File(default_file(self.video_id, format, lang)),
         };
         Ok(ExportSettings {
             video_id: self.video_id,
@@ -120,15 +120,38 @@ fn default_file(video_id: Uuid, format: Format, lang: Lang) -> PathBuf {
     PathBuf::from(shotlist_shared::page::download_name(video_id, format, lang))
 }
 
-/// Refuses an `--out` that is a folder (or is written as one), or whose
-/// folder does not exist: the file is written beside itself first.
-fn check_out_file(out: PathBuf) -> Result<PathBuf, ArgError> {
+/// Refuses an `--out` that is a folder (or is written as one), anything
+/// else that is there and is not a regular file (the file is renamed into
+/// place, which would put it instead of a symbolic link, a device, a FIFO or
+/// a socket), one whose folder does not exist (the file is written beside
+/// itself first), and the `sheet.json` or `details.json` of the folder the
+/// sheet is read from (the only copy would be lost).
+fn check_out_file(out: PathBuf, source: &Source) -> Result<PathBuf, ArgError> {
     let shown = out.display();
     let written_as_folder = out.as_os_str().to_string_lossy().ends_with('/');
-    if written_as_folder || out.is_dir() {
-        return Err(ArgError(format!(
-            "--out {shown} is a folder; give the file to write"
-        )));
+    let there = match written_as_folder {
+        true => Some("a folder"),
+        false => export::not_a_regular_file(&out)
+            .map_err(|e| ArgError(format!("--out {shown}: could not look at it: {e}")))?,
+    };
+    match there {
+        None => {}
+        Some("a folder") => {
+            return Err(ArgError(format!(
+                "--out {shown} is a folder; give the file to write"
+            )))
+        }
+        Some("a symbolic link") => {
+            return Err(ArgError(format!(
+                "--out {shown} is a symbolic link; give a regular file or - for stdout"
+            )))
+        }
+        Some(kind) => {
+            return Err(ArgError(format!(
+                "--out {shown} is not a regular file ({kind}); give a regular file or - \
+                 for stdout"
+            )))
+        }
     }
     let parent = out.parent().filter(|dir| !dir.as_os_str().is_empty());
     if let Some(parent) = parent {
@@ -139,7 +162,36 @@ fn check_out_file(out: PathBuf) -> Result<PathBuf, ArgError> {
             )));
         }
     }
+    if let Source::Folder(from) = source {
+        if let Some(what) = read_from(&out, from) {
+            return Err(ArgError(format!(
+                "--out {shown} would overwrite the {what} it is read from; give another \
+                 file or - for stdout"
+            )));
+        }
+    }
     Ok(out)
+}
+
+/// Whether `out` is, by another spelling or not, the `sheet.json` or the
+/// `details.json` of the folder `from`: "sheet" or "details", else `None`.
+/// Both folders are compared as the file system resolves them; a folder
+/// that does not resolve holds nothing to lose.
+fn read_from(out: &Path, from: &Path) -> Option<&'static str> {
+    let name = out.file_name()?;
+    let what = if name == JSON_FILE {
+        "sheet"
+    } else if name == DETAILS_FILE {
+        "details"
+    } else {
+        return None;
+    };
+    let parent = out
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let same = std::fs::canonicalize(parent).ok()? == std::fs::canonicalize(from).ok()?;
+    same.then_some(what)
 }
 
 /// Why an export failed.
@@ -159,6 +211,16 @@ pub enum ExportFailed {
     Folder(String),
     #[error("could not write the {format} sheet of video {video_id}: {source}")]
     Write {
+        video_id: Uuid,
+        format: Format,
+        #[source]
+        source: ExportError,
+    },
+    #[error(
+        "could not write the {format} sheet of video {video_id}: {source}; --out must be a \
+         regular file in a writable folder, or - for stdout"
+    )]
+    OutFile {
         video_id: Uuid,
         format: Format,
         #[source]
@@ -198,7 +260,11 @@ pub async fn run(settings: ExportSettings) -> Result<(), ExportFailed> {
                 })?;
         }
         Target::File(path) => {
-            export::write_file(path, &bytes).map_err(write_error)?;
+            export::write_file(path, &bytes).map_err(|source| ExportFailed::OutFile {
+                video_id: settings.video_id,
+                format: settings.format,
+                source,
+            })?;
             out!("{}", path.display());
         }
     }
@@ -396,6 +462,44 @@ mod tests {
             assert!(error.contains(expected), "{flags:?}: {error:?}");
             assert!(!error.contains('\n'), "{error:?} is one line");
         }
+    }
+
+    #[test]
+    fn out_is_refused_when_it_is_a_link_a_fifo_or_a_file_the_sheet_is_read_from() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let from = dir.path().join("from");
+        std::fs::create_dir(&from).expect("mkdir");
+        let link = dir.path().join("link.csv");
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), &link).expect("symlink");
+        let fifo = dir.path().join("fifo.csv");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        let show = |path: PathBuf| path.to_string_lossy().into_owned();
+        let from_arg = show(from.clone());
+        let cases = [
+            (
+                show(link),
+                "is a symbolic link; give a regular file or - for stdout",
+            ),
+            (show(fifo), "is not a regular file (a FIFO)"),
+            (
+                show(from.join(JSON_FILE)),
+                "would overwrite the sheet it is read from",
+            ),
+            (
+                show(dir.path().join("from/../from/./details.json")),
+                "would overwrite the details it is read from",
+            ),
+        ];
+        for (out, expected) in cases {
+            let flags = ["--format", "json", "--from", &from_arg, "--out", &out];
+            let error = parse(&flags).expect_err("refused").to_string();
+            assert!(error.starts_with(&format!("--out {out} ")), "{error}");
+            assert!(error.contains(expected), "{out}: {error}");
+        }
+        // The same name in another folder is only a file.
+        let elsewhere = show(dir.path().join(JSON_FILE));
+        let flags = ["--format", "json", "--from", &from_arg, "--out", &elsewhere];
+        assert!(parse(&flags).is_ok());
     }
 
     #[test]

@@ -107,8 +107,10 @@ impl FilmDetails {
     }
 
     /// The details with every value trimmed and blank ones dropped, or the
-    /// name of the first field that is too long or holds a control
-    /// character (a line break included: each detail is one line).
+    /// name of the first field that is too long, holds a control character
+    /// (a line break included: each detail is one line) or a noncharacter
+    /// U+FFFE or U+FFFF (which XML 1.0, and so a Word document, cannot
+    /// hold).
     pub fn checked(self) -> Result<FilmDetails, (&'static str, String)> {
         let check = |name: &'static str,
                      value: Option<String>|
@@ -129,6 +131,12 @@ impl FilmDetails {
                 return Err((
                     name,
                     format!("{name} holds a control character or a line break"),
+                ));
+            }
+            if value.chars().any(|c| matches!(c, '\u{FFFE}' | '\u{FFFF}')) {
+                return Err((
+                    name,
+                    format!("{name} holds a noncharacter (U+FFFE or U+FFFF)"),
                 ));
             }
             Ok(Some(value))
@@ -178,6 +186,19 @@ mod tests {
             ..FilmDetails::default()
         };
         assert_eq!(long.checked().unwrap_err().0, "country");
+    }
+
+    #[test]
+    fn a_detail_holding_a_noncharacter_is_refused_naming_its_field() {
+        for text in ["Stalker\u{FFFF}", "\u{FFFE}1979"] {
+            let bad = FilmDetails {
+                studio: Some(text.into()),
+                ..FilmDetails::default()
+            };
+            let (field, reason) = bad.checked().unwrap_err();
+            assert_eq!(field, "studio");
+            assert!(reason.contains("noncharacter"), "{reason}");
+        }
     }
 
     #[test]

@@ -15,10 +15,17 @@
 //! where it falls in the film, as in the workbook: no shot number, the gap's
 //! start and end, and [`super::gap_note`] in italics in the content column.
 //!
+//! Every text is written with the characters XML 1.0 forbids (the C0
+//! controls other than tab, line feed and carriage return, and U+FFFE and
+//! U+FFFF) replaced by U+FFFD: docx-rs escapes only the markup characters,
+//! and one such character makes Word refuse the whole document. The text
+//! comes from a model, from what a film shows, and from stored details.
+//!
 //! docx-rs 0.4.22 cannot mark a row as a table header (`w:tblHeader`), so a
 //! printed table longer than a page does not repeat its headers; the
 //! workbook does.
 
+use std::borrow::Cow;
 use std::io::Cursor;
 
 use docx_rs::{
@@ -92,8 +99,8 @@ fn document(sheet: &Sheet, details: &FilmDetails, lang: Lang) -> Result<Docx, Ex
     for (label, value) in &block {
         document = document.add_paragraph(
             Paragraph::new()
-                .add_run(Run::new().add_text(format!("{label}: ")).bold())
-                .add_run(Run::new().add_text(value)),
+                .add_run(text_run(&format!("{label}: ")).bold())
+                .add_run(text_run(value)),
         );
     }
     Ok(document
@@ -101,13 +108,34 @@ fn document(sheet: &Sheet, details: &FilmDetails, lang: Lang) -> Result<Docx, Ex
         .add_table(table(sheet, lang)))
 }
 
-/// The heading: the sheet's name, and the film's title when given.
+/// The heading paragraph.
 fn title(details: &FilmDetails, lang: Lang) -> Paragraph {
-    let text = match &details.title {
+    Paragraph::new().add_run(text_run(&heading(details, lang)).bold().size(TITLE_SIZE))
+}
+
+/// The heading's text: the sheet's name, and the film's title when one is
+/// given (a blank title is none).
+fn heading(details: &FilmDetails, lang: Lang) -> String {
+    match trade::given(&details.title) {
         Some(film) => format!("{}: {film}", trade::sheet_title(lang)),
         None => trade::sheet_title(lang).to_string(),
-    };
-    Paragraph::new().add_run(Run::new().add_text(text).bold().size(TITLE_SIZE))
+    }
+}
+
+/// A run holding `text`, made fit for XML.
+fn text_run(text: &str) -> Run {
+    Run::new().add_text(xml_safe(text))
+}
+
+/// `text` with every character XML 1.0 cannot hold replaced by U+FFFD, so
+/// the reader sees that something stood there.
+fn xml_safe(text: &str) -> Cow<'_, str> {
+    let forbidden = |c: char| matches!(c, '\0'..='\u{8}' | '\u{B}' | '\u{C}' | '\u{E}'..='\u{1F}' | '\u{FFFE}' | '\u{FFFF}');
+    if text.contains(forbidden) {
+        text.replace(forbidden, "\u{FFFD}").into()
+    } else {
+        text.into()
+    }
 }
 
 /// The shot table: the header row, then the shots and gaps in film order.
@@ -156,7 +184,7 @@ fn paragraph(line: &str, style: Style) -> Paragraph {
             run = run.add_tab();
         }
         if !piece.is_empty() {
-            run = run.add_text(piece);
+            run = run.add_text(xml_safe(piece));
         }
     }
     let run = match style {
@@ -170,21 +198,36 @@ fn paragraph(line: &str, style: Style) -> Paragraph {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sheet::SheetStatus;
 
     fn sheet() -> Sheet {
-        Sheet {
-            video_id: uuid::Uuid::nil(),
-            source: None,
-            fps: "25/1".to_string(),
-            duration_frames: 50,
-            total_chunks: 1,
-            completed_chunks: 1,
-            failed_chunks: 0,
-            status: SheetStatus::Complete,
-            shots: Vec::new(),
-            gaps: Vec::new(),
+        super::super::empty_sheet(50)
+    }
+
+    #[test]
+    fn characters_xml_cannot_hold_become_replacement_characters() {
+        assert_eq!(
+            xml_safe("a\u{0}b\u{1}c\u{B}\u{1F}d\u{FFFE}\u{FFFF}"),
+            "a\u{FFFD}b\u{FFFD}c\u{FFFD}\u{FFFD}d\u{FFFD}\u{FFFD}"
+        );
+        let kept = "tab\tline\nreturn\r «ё» \u{7F}\u{FFFD} 😀";
+        assert!(matches!(xml_safe(kept), Cow::Borrowed(text) if text == kept));
+    }
+
+    #[test]
+    fn a_blank_title_gives_the_bare_heading() {
+        for blank in ["", "  "] {
+            let details = FilmDetails {
+                title: Some(blank.into()),
+                ..FilmDetails::default()
+            };
+            assert_eq!(heading(&details, Lang::En), "Montage sheet");
+            assert_eq!(heading(&details, Lang::Ru), "Монтажный лист");
         }
+        let details = FilmDetails {
+            title: Some(" Сталкер ".into()),
+            ..FilmDetails::default()
+        };
+        assert_eq!(heading(&details, Lang::Ru), "Монтажный лист: Сталкер");
     }
 
     #[test]

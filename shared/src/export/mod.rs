@@ -11,7 +11,8 @@
 //! `details.json`) beside them, and [`render`] makes any [`Format`] in memory.
 //!
 //! Each file is written to a temporary file in the same folder and renamed
-//! into place, so a reader (or a crash) never sees half a file.
+//! into place, so a reader (or a crash) never sees half a file; only a
+//! regular file is ever replaced so.
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -23,7 +24,7 @@ mod docx;
 mod trade;
 mod xlsx;
 
-pub use trade::{gap_note, shot_type_label, trade_dialogue, trade_headers, Lang};
+pub use trade::{gap_note, shot_type_label, trade_dialogue, trade_headers, Lang, UTF8_BOM};
 
 /// The file name of the JSON sheet.
 pub const JSON_FILE: &str = "sheet.json";
@@ -178,7 +179,9 @@ pub struct DeliveryFiles {
 /// writes: `dir/sheet.xlsx` and `dir/sheet.docx` with `details` above the
 /// table and headers in `lang`, and `dir/details.json` when `details` is not
 /// empty (so that `shotlist export` finds them again without a database).
-/// Each file replaces an earlier one atomically.
+/// Each file replaces an earlier one atomically. Every file is tried even
+/// when an earlier one fails (a workbook Excel cannot hold must not cost the
+/// document); the first error is returned after all were tried.
 pub fn write_delivery(
     dir: &Path,
     sheet: &Sheet,
@@ -190,13 +193,21 @@ pub fn write_delivery(
         docx: dir.join(DOCX_FILE),
         details: (!details.is_empty()).then(|| dir.join(DETAILS_FILE)),
     };
-    write_file(&files.xlsx, &render(sheet, details, Format::Xlsx, lang)?)?;
-    write_file(&files.docx, &render(sheet, details, Format::Docx, lang)?)?;
-    if let Some(path) = &files.details {
-        let mut bytes = serde_json::to_vec_pretty(details).map_err(ExportError::Json)?;
-        bytes.push(b'\n');
-        write_file(path, &bytes)?;
-    }
+    let rendered = |format: Format, path: &Path| {
+        render(sheet, details, format, lang).and_then(|bytes| write_file(path, &bytes))
+    };
+    let xlsx = rendered(Format::Xlsx, &files.xlsx);
+    let docx = rendered(Format::Docx, &files.docx);
+    let details_json = match &files.details {
+        Some(path) => serde_json::to_vec_pretty(details)
+            .map_err(ExportError::Json)
+            .and_then(|mut bytes| {
+                bytes.push(b'\n');
+                write_file(path, &bytes)
+            }),
+        None => Ok(()),
+    };
+    xlsx.and(docx).and(details_json)?;
     Ok(files)
 }
 
@@ -265,7 +276,10 @@ pub fn dialogue_cell(lines: &[DialogueLine]) -> String {
 }
 
 /// Writes `bytes` to a temporary file beside `path`, flushes it to disk and
-/// renames it to `path`.
+/// renames it to `path`. Only a regular file (or nothing) at `path` is
+/// replaced: the rename would put the sheet in place of a symbolic link, a
+/// device node (`/dev/null`, for one run as root), a FIFO or a socket, which
+/// is never what whoever named the path meant.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
     // A bare file name has an empty parent: the current folder.
     let dir = path
@@ -279,6 +293,12 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
             source,
         }
     };
+    if let Some(kind) = not_a_regular_file(path).map_err(io_error("inspect"))? {
+        return Err(io_error("replace")(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("it is {kind}, not a regular file"),
+        )));
+    }
     // Readable as any new file would be (0666 less the umask), not only by
     // its owner as a temporary file is: a sheet is made to be handed over.
     let mut file = tempfile::Builder::new()
@@ -290,6 +310,51 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
     file.persist(path)
         .map_err(|error| io_error("rename a temporary file to")(error.error))?;
     Ok(())
+}
+
+/// What stands at `path` when it is there and is not a regular file ("a
+/// symbolic link", "a folder", ...), judged without following a link; `None`
+/// for a regular file or nothing at all.
+pub fn not_a_regular_file(path: &Path) -> io::Result<Option<&'static str>> {
+    use std::os::unix::fs::FileTypeExt;
+    let file_type = match std::fs::symlink_metadata(path) {
+        Ok(metadata) => metadata.file_type(),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error),
+    };
+    Ok(if file_type.is_file() {
+        None
+    } else if file_type.is_symlink() {
+        Some("a symbolic link")
+    } else if file_type.is_dir() {
+        Some("a folder")
+    } else if file_type.is_fifo() {
+        Some("a FIFO")
+    } else if file_type.is_socket() {
+        Some("a socket")
+    } else if file_type.is_char_device() || file_type.is_block_device() {
+        Some("a device")
+    } else {
+        Some("an unknown kind of file")
+    })
+}
+
+/// A complete one-chunk sheet at 25 fps, `duration_frames` long, without
+/// shots: what the unit tests of the formats start from.
+#[cfg(test)]
+pub(crate) fn empty_sheet(duration_frames: i64) -> Sheet {
+    Sheet {
+        video_id: uuid::Uuid::nil(),
+        source: None,
+        fps: "25/1".into(),
+        duration_frames,
+        total_chunks: 1,
+        completed_chunks: 1,
+        failed_chunks: 0,
+        status: crate::sheet::SheetStatus::Complete,
+        shots: Vec::new(),
+        gaps: Vec::new(),
+    }
 }
 
 #[cfg(test)]
@@ -317,6 +382,69 @@ mod tests {
             mode & 0o777,
             0o666 & !umask,
             "mode {mode:o}, umask {umask:o}"
+        );
+    }
+
+    #[test]
+    fn a_link_a_fifo_a_socket_or_a_folder_in_the_way_is_not_replaced() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let precious = dir.path().join("precious.txt");
+        std::fs::write(&precious, "keep me").expect("write");
+        let link = dir.path().join("link.xlsx");
+        std::os::unix::fs::symlink(&precious, &link).expect("symlink");
+        let fifo = dir.path().join("fifo.csv");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        let socket = dir.path().join("socket.json");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).expect("socket");
+        let folder = dir.path().join("folder.docx");
+        std::fs::create_dir(&folder).expect("mkdir");
+        for (path, kind) in [
+            (&link, "a symbolic link"),
+            (&fifo, "a FIFO"),
+            (&socket, "a socket"),
+            (&folder, "a folder"),
+        ] {
+            let error = write_file(path, b"PK").expect_err("refused");
+            assert_eq!(
+                error.to_string(),
+                format!(
+                    "could not replace {}: it is {kind}, not a regular file",
+                    path.display()
+                )
+            );
+            assert_eq!(not_a_regular_file(path).expect("inspect"), Some(kind));
+        }
+        assert!(std::fs::symlink_metadata(&link)
+            .expect("still there")
+            .file_type()
+            .is_symlink());
+        assert_eq!(std::fs::read_to_string(&precious).expect("read"), "keep me");
+        let names = std::fs::read_dir(dir.path()).expect("list").count();
+        assert_eq!(names, 5, "no temporary file left behind");
+    }
+
+    #[test]
+    fn the_document_is_written_even_when_the_workbook_cannot_be() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let elsewhere = dir.path().join("elsewhere.xlsx");
+        std::fs::write(&elsewhere, "not ours").expect("write");
+        std::os::unix::fs::symlink(&elsewhere, dir.path().join(XLSX_FILE)).expect("symlink");
+        let sheet = empty_sheet(50);
+        let details = FilmDetails {
+            title: Some("Stalker".into()),
+            ..FilmDetails::default()
+        };
+        let error = write_delivery(dir.path(), &sheet, &details, Lang::En).expect_err("no xlsx");
+        assert!(error.to_string().contains(XLSX_FILE), "{error}");
+        let docx = std::fs::read(dir.path().join(DOCX_FILE)).expect("sheet.docx written");
+        assert!(docx.starts_with(b"PK"), "a zip");
+        assert!(
+            dir.path().join(DETAILS_FILE).is_file(),
+            "details.json written"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&elsewhere).expect("read"),
+            "not ours"
         );
     }
 

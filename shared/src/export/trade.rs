@@ -133,7 +133,9 @@ pub(super) fn sheet_title(lang: Lang) -> &'static str {
 /// The film-details block above the table, as `(label, value)` rows: the
 /// given details in the trade's order with the film's duration after the
 /// year. The duration is always there, so every delivery file states the
-/// film's length even when no other detail was given.
+/// film's length even when no other detail was given. A blank detail (the
+/// database accepts `""`) is no detail: it would show as a label with
+/// nothing after it.
 pub(super) fn details_block(
     sheet: &Sheet,
     details: &FilmDetails,
@@ -158,18 +160,27 @@ pub(super) fn details_block(
         ],
     };
     let values = [
-        details.title.clone(),
-        details.year.clone(),
+        given(&details.title),
+        given(&details.year),
         duration,
-        details.director.clone(),
-        details.studio.clone(),
-        details.country.clone(),
+        given(&details.director),
+        given(&details.studio),
+        given(&details.country),
     ];
     Ok(labels
         .into_iter()
         .zip(values)
         .filter_map(|(label, value)| Some((label, value?)))
         .collect())
+}
+
+/// A detail as the sheets show it: trimmed, and `None` when blank.
+pub(super) fn given(detail: &Option<String>) -> Option<String> {
+    detail
+        .as_deref()
+        .map(str::trim)
+        .filter(|value| !value.is_empty())
+        .map(str::to_string)
 }
 
 /// One row of the table in film order: a shot, or a part of the film that
@@ -220,11 +231,19 @@ pub fn gap_note(lang: Lang) -> &'static str {
     }
 }
 
-/// The table as CSV: the header row, then one row per shot and per gap in
-/// film order (as in the workbook), cells that look like formulas made
-/// inert.
+/// The UTF-8 byte-order mark the trade CSV starts with.
+pub const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// The table as CSV: a UTF-8 byte-order mark, the header row, then one row
+/// per shot and per gap in film order (as in the workbook), cells that look
+/// like formulas made inert.
+///
+/// The mark is for Excel on Windows, where this file is most often opened:
+/// without it Excel reads a CSV in the system's legacy code page and the
+/// Russian headers and text come out as mojibake. The machine `sheet.csv`
+/// has no mark: it is for programs, which take UTF-8 as it is.
 pub(super) fn csv_bytes(sheet: &Sheet, lang: Lang) -> Result<Vec<u8>, ExportError> {
-    let mut writer = csv::Writer::from_writer(Vec::new());
+    let mut writer = csv::Writer::from_writer(UTF8_BOM.to_vec());
     writer
         .write_record(trade_headers(lang))
         .map_err(ExportError::Csv)?;
@@ -282,10 +301,6 @@ mod tests {
             dialogue: Vec::new(),
         };
         let sheet = Sheet {
-            video_id: uuid::Uuid::nil(),
-            source: None,
-            fps: "25/1".into(),
-            duration_frames: 150,
             total_chunks: 3,
             completed_chunks: 2,
             failed_chunks: 1,
@@ -299,10 +314,16 @@ mod tests {
                 chunks: vec![1],
                 reasons: vec!["timed out".into()],
             }],
+            ..super::super::empty_sheet(150)
         };
         let csv = String::from_utf8(csv_bytes(&sheet, Lang::Ru).expect("csv")).expect("utf-8");
+        let csv = csv
+            .strip_prefix('\u{FEFF}')
+            .expect("the trade CSV starts with a byte-order mark");
+        assert!(!csv.contains('\u{FEFF}'), "one mark, at the start");
         let lines: Vec<&str> = csv.lines().collect();
         assert_eq!(lines.len(), 4, "{csv}");
+        assert!(lines[0].starts_with("№ плана,"), "{csv}");
         assert_eq!(lines[1], "1,00:00:00:00,00:00:02:00,Общ.,'=поле,");
         assert_eq!(
             lines[2],
@@ -310,6 +331,26 @@ mod tests {
         );
         assert!(lines[3].starts_with("2,00:00:04:00,"), "{csv}");
         assert!(!csv.contains("timed out"), "errors stay in sheet.json");
+    }
+
+    #[test]
+    fn blank_details_are_left_out_of_the_details_block() {
+        let sheet = super::super::empty_sheet(250);
+        let details = FilmDetails {
+            title: Some(String::new()),
+            year: Some(" \t ".into()),
+            director: Some(" Андрей Тарковский ".into()),
+            studio: None,
+            country: Some("\u{3000}".into()),
+        };
+        let block = details_block(&sheet, &details, Lang::En).expect("block");
+        assert_eq!(
+            block,
+            [
+                ("Duration", "00:00:10:00".to_string()),
+                ("Director", "Андрей Тарковский".to_string()),
+            ]
+        );
     }
 
     #[test]

@@ -12,10 +12,18 @@
 //! Cells wrap and are top-aligned, so the line breaks of a description or a
 //! dialogue show as they are. The page prints landscape, one page wide.
 //!
+//! Excel holds at most 32,767 characters in a cell and refuses a workbook
+//! with more, so a longer text (a description or a dialogue the model let
+//! run on) is cut to fit, ending with a note saying how much was cut and
+//! that sheet.docx and sheet.json hold it whole: one over-long cell must not
+//! cost the whole workbook.
+//!
 //! A gap (a part of the film no completed chunk covers) is a row of its own
 //! where it falls in the film: no shot number, the gap's start and end, and
 //! [`super::gap_note`] in italics in the content column, so a reader sees
 //! which part of the film is missing.
+
+use std::borrow::Cow;
 
 use rust_xlsxwriter::{Format, FormatAlign, FormatBorder, Workbook, Worksheet, XlsxError};
 
@@ -30,6 +38,11 @@ const COLUMN_WIDTHS: [f64; 6] = [8.0, 14.0, 14.0, 9.0, 55.0, 55.0];
 
 /// A4 in Excel's paper-size numbering.
 const PAPER_A4: u8 = 9;
+
+/// The most a cell may hold. Excel counts UTF-16 code units (a character
+/// beyond the Basic Multilingual Plane, an emoji, counts twice), and so does
+/// rust_xlsxwriter's check; counting so keeps any character count within it.
+const MAX_CELL_UNITS: usize = 32_767;
 
 /// The cell formats of the workbook.
 struct Formats {
@@ -77,7 +90,7 @@ pub(super) fn bytes(
     for (row, (label, value)) in (0..).zip(&block) {
         worksheet
             .write_string_with_format(row, 0, *label, &formats.label)
-            .and_then(|sheet| sheet.write_string(row, 1, value))
+            .and_then(|sheet| sheet.write_string(row, 1, fitted(value, lang)))
             .map_err(failed(format!("the detail {label:?}")))?;
     }
     let header_row = row_number(block.len() + 1, sheet)?;
@@ -87,10 +100,14 @@ pub(super) fn bytes(
         match entry {
             Entry::Shot(shot) => write_shot(worksheet, row, shot, lang, &formats)
                 .map_err(failed(format!("shot {}", shot.number)))?,
-            Entry::Gap(gap) => {
-                write_cells(worksheet, row, &trade::gap_row(gap, lang), &formats.gap)
-                    .map_err(failed(format!("the gap at {}", gap.start)))?
-            }
+            Entry::Gap(gap) => write_cells(
+                worksheet,
+                row,
+                &trade::gap_row(gap, lang),
+                lang,
+                &formats.gap,
+            )
+            .map_err(failed(format!("the gap at {}", gap.start)))?,
         }
     }
     workbook
@@ -137,22 +154,59 @@ fn write_shot(
     formats: &Formats,
 ) -> Result<(), XlsxError> {
     let cells = trade::row(shot, lang);
-    write_cells(worksheet, row, &cells, &formats.cell)?;
+    write_cells(worksheet, row, &cells, lang, &formats.cell)?;
     worksheet.write_number_with_format(row, 0, f64::from(shot.number), &formats.cell)?;
     Ok(())
 }
 
-/// Writes `cells` as strings across `row`.
+/// Writes `cells` as strings across `row`, each cut to fit a cell.
 fn write_cells(
     worksheet: &mut Worksheet,
     row: u32,
     cells: &[String; 6],
+    lang: Lang,
     format: &Format,
 ) -> Result<(), XlsxError> {
     for (column, text) in (0..).zip(cells) {
-        worksheet.write_string_with_format(row, column, text, format)?;
+        worksheet.write_string_with_format(row, column, fitted(text, lang), format)?;
     }
     Ok(())
+}
+
+/// `text` as it fits in a cell: whole when it does, else its beginning and
+/// [`cut_note`], together at most [`MAX_CELL_UNITS`]. The cut falls between
+/// characters, never inside one.
+fn fitted(text: &str, lang: Lang) -> Cow<'_, str> {
+    if text.encode_utf16().count() <= MAX_CELL_UNITS {
+        return text.into();
+    }
+    // The note is longest when the most is cut: leave room for that.
+    let room = MAX_CELL_UNITS - cut_note(text.chars().count(), lang).encode_utf16().count();
+    let mut units = 0;
+    let kept_end = text
+        .char_indices()
+        .find_map(|(at, c)| {
+            units += c.len_utf16();
+            (units > room).then_some(at)
+        })
+        .unwrap_or(text.len());
+    let (kept, cut) = text.split_at(kept_end);
+    format!("{kept}{}", cut_note(cut.chars().count(), lang)).into()
+}
+
+/// What ends a cut cell: how many characters were left out, and where the
+/// whole text is.
+fn cut_note(cut_chars: usize, lang: Lang) -> String {
+    match lang {
+        Lang::En => format!(
+            "… [cut: {cut_chars} more characters; the whole text is in sheet.docx and \
+             sheet.json]"
+        ),
+        Lang::Ru => format!(
+            "… [обрезано, не поместилось символов: {cut_chars}; весь текст — в sheet.docx \
+             и sheet.json]"
+        ),
+    }
 }
 
 /// `index` as a worksheet row number, or an error when the sheet has more
@@ -169,20 +223,35 @@ fn row_number(index: usize, sheet: &Sheet) -> Result<u32, ExportError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sheet::SheetStatus;
 
     fn sheet(fps: &str) -> Sheet {
         Sheet {
-            video_id: uuid::Uuid::nil(),
-            source: None,
             fps: fps.to_string(),
-            duration_frames: 50,
-            total_chunks: 1,
-            completed_chunks: 1,
-            failed_chunks: 0,
-            status: SheetStatus::Complete,
-            shots: Vec::new(),
-            gaps: Vec::new(),
+            ..super::super::empty_sheet(50)
+        }
+    }
+
+    #[test]
+    fn an_over_long_cell_is_cut_to_excels_limit_with_a_note_counting_the_rest() {
+        let short = "Кадр 😀";
+        assert!(matches!(fitted(short, Lang::En), Cow::Borrowed(text) if text == short));
+        let exact = "x".repeat(MAX_CELL_UNITS);
+        assert_eq!(fitted(&exact, Lang::En), exact.as_str());
+
+        // Emoji count twice towards Excel's limit.
+        let long: String = "Кадр 😀 ".repeat(5_000);
+        for lang in Lang::ALL {
+            let cell = fitted(&long, lang);
+            assert!(cell.encode_utf16().count() <= MAX_CELL_UNITS, "{lang}");
+            let note_at = cell.rfind("… [").expect("a note");
+            let (kept, note) = cell.split_at(note_at);
+            assert!(long.starts_with(kept), "{lang}: the beginning is kept");
+            let cut = long.chars().count() - kept.chars().count();
+            assert_eq!(note, cut_note(cut, lang), "{lang}");
+            assert!(
+                cell.encode_utf16().count() > MAX_CELL_UNITS - 10,
+                "{lang}: no more is cut than needed"
+            );
         }
     }
 
