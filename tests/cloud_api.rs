@@ -941,7 +941,11 @@ async fn downloads_answer_409_until_the_sheet_exists_then_every_format_with_its_
                 assert_eq!(bytes, expected, "{case}");
                 let text = String::from_utf8(bytes).unwrap();
                 let headers = export::trade_headers(lang);
-                assert!(text.contains(headers[0]), "{case}: {text}");
+                assert!(
+                    text.starts_with(&format!("\u{FEFF}{}", headers[0])),
+                    "{case}: a byte-order mark, then the headers: {text}"
+                );
+                assert_eq!(text.matches('\u{FEFF}').count(), 1, "{case}: one mark");
                 assert!(
                     text.contains("Сталкер идёт по рельсам\nТитр: «Зона»"),
                     "{text}"

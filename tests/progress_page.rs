@@ -333,6 +333,16 @@ async fn behind_a_path_prefix_the_fragment_token_is_kept_for_the_tab_sent_as_bea
         "2 chunks in 2 min by the database's clock leave 2 chunks: about 2 min"
     );
     assert_eq!(mid_run["error"], Value::Null, "the tab kept its token");
+
+    let resumed = format!("{}/prod/videos/{RESUMED}/progress", api.server.base_url());
+    browser.goto(&resumed).await;
+    let resumed = browser
+        .wait_until("the resumed film", |page| states(page).len() == 8)
+        .await;
+    assert_eq!(
+        resumed["eta"], "about 6 min left",
+        "a day idle is no pace: 2 min a chunk since the resumption, 3 chunks left"
+    );
     assert!(
         api.requests()
             .iter()
@@ -512,6 +522,9 @@ const GOOD_BEARER: &str = "Bearer good-token";
 /// The film [`CloudApi`] shows half done.
 const MID_RUN: &str = "00000000-0000-4000-8000-000000000002";
 
+/// A film resumed a day after its first chunks: see [`resumed_document`].
+const RESUMED: &str = "00000000-0000-4000-8000-000000000003";
+
 /// A stand-in for the cloud API under a stage prefix (`/prod`): it serves
 /// the page, answers a finished one-chunk film to [`GOOD_BEARER`] and 401
 /// to anyone else, and records every request's path and `Authorization`.
@@ -595,6 +608,9 @@ async fn cloud_progress(Path(id): Path<String>, headers: HeaderMap) -> Response 
     if id == MID_RUN {
         return axum::Json(mid_run_document()).into_response();
     }
+    if id == RESUMED {
+        return axum::Json(resumed_document()).into_response();
+    }
     axum::Json(json!({
         "videoId": id,
         "totalChunks": 1,
@@ -639,6 +655,40 @@ fn mid_run_document() -> Value {
         "chunks": [
             chunk(0, "completed"), chunk(1, "completed"),
             chunk(2, "processing"), chunk(3, "pending")
+        ],
+        "sheet": null
+    })
+}
+
+/// Three of eight chunks finished on the first day, then the film was
+/// resumed the next morning: two chunks finished 2 min apart, one runs and
+/// two wait.
+fn resumed_document() -> Value {
+    let chunk = |index: u32, status: &str, updated: &str| {
+        json!({
+            "index": index, "status": status,
+            "startTimecode": "00:00:00:00", "endTimecode": "00:00:04:00",
+            "attempts": 1, "error": null, "updatedAt": updated
+        })
+    };
+    json!({
+        "videoId": RESUMED,
+        "totalChunks": 8,
+        "completedChunks": 5,
+        "failedChunks": 0,
+        "finished": false,
+        "createdAt": "2025-01-01T10:00:00.000Z",
+        "now": "2025-01-02T09:03:00.000Z",
+        "details": {},
+        "chunks": [
+            chunk(0, "completed", "2025-01-01T10:01:00.000Z"),
+            chunk(1, "completed", "2025-01-01T10:02:00.000Z"),
+            chunk(2, "completed", "2025-01-01T10:03:00.000Z"),
+            chunk(3, "completed", "2025-01-02T09:00:00.000Z"),
+            chunk(4, "completed", "2025-01-02T09:02:00.000Z"),
+            chunk(5, "processing", "2025-01-02T09:02:00.000Z"),
+            chunk(6, "pending", "2025-01-01T10:00:00.000Z"),
+            chunk(7, "pending", "2025-01-01T10:00:00.000Z")
         ],
         "sheet": null
     })

@@ -11,10 +11,12 @@ use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use shotlist_shared::db::DbError;
 use shotlist_shared::export::{trade_headers, Lang};
 use shotlist_shared::page::PROGRESS_PAGE;
 use shotlist_shared::plan::PlanParams;
@@ -237,17 +239,20 @@ async fn serve_prints_its_url_answers_health_and_serves_the_page_with_its_securi
         json!({ "ok": true })
     );
 
-    let page = serve
-        .get(&format!("/videos/{}/progress", Uuid::new_v4()))
-        .await;
-    assert_eq!(page.status(), 200);
-    let headers = page.headers().clone();
-    assert_eq!(headers["content-type"], "text/html; charset=utf-8");
-    assert_eq!(headers["content-security-policy"], CSP);
-    assert_eq!(headers["x-content-type-options"], "nosniff");
-    assert_eq!(headers["referrer-policy"], "no-referrer");
-    assert_eq!(headers["cache-control"], "no-store");
-    assert_eq!(page.text().await.expect("page"), PROGRESS_PAGE);
+    // With a trailing slash too, as the status function serves it.
+    for slash in ["", "/"] {
+        let page = serve
+            .get(&format!("/videos/{}/progress{slash}", Uuid::new_v4()))
+            .await;
+        assert_eq!(page.status(), 200, "{slash:?}");
+        let headers = page.headers().clone();
+        assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+        assert_eq!(headers["content-security-policy"], CSP);
+        assert_eq!(headers["x-content-type-options"], "nosniff");
+        assert_eq!(headers["referrer-policy"], "no-referrer");
+        assert_eq!(headers["cache-control"], "no-store");
+        assert_eq!(page.text().await.expect("page"), PROGRESS_PAGE);
+    }
 
     let index = serve.get("/").await;
     assert_eq!(index.status(), 200);
@@ -319,12 +324,28 @@ async fn a_finished_films_sheet_downloads_in_every_format_and_language_under_its
         csv.headers()["content-disposition"],
         format!("attachment; filename=\"shotlist-{id}.ru.csv\"").as_str()
     );
-    let rows = csv_rows(&csv.text().await.expect("CSV"));
+    // Read as bytes: reqwest's text() would drop the byte-order mark
+    // unseen. The mark is there once, for Excel on Windows.
+    let bytes = csv.bytes().await.expect("CSV");
+    let table = bytes
+        .strip_prefix(shotlist_shared::export::UTF8_BOM)
+        .expect("the trade CSV starts with a UTF-8 byte-order mark");
+    let text = std::str::from_utf8(table).expect("UTF-8");
+    assert!(!text.contains('\u{FEFF}'), "one mark, at the start");
+    let rows = csv_rows(text);
     assert_eq!(rows[0], trade_headers(Lang::Ru));
     assert_eq!(rows.len(), 1 + sheet.shots.len(), "a row per shot");
     let english = serve.get(&format!("/videos/{id}/sheet.csv")).await;
     let rows = csv_rows(&english.text().await.expect("CSV"));
     assert_eq!(rows[0], trade_headers(Lang::En), "English by default");
+    // Percent-encoded as a browser may send it, and read as the status
+    // function reads it.
+    let encoded = serve
+        .get(&format!("/videos/{id}/sheet.csv?lang=%72%75"))
+        .await;
+    assert_eq!(encoded.status(), 200);
+    let rows = csv_rows(&encoded.text().await.expect("CSV"));
+    assert_eq!(rows[0], trade_headers(Lang::Ru), "lang=%72%75 is ru");
 
     for (extension, lang) in [
         ("xlsx", "en"),
@@ -384,8 +405,14 @@ async fn before_its_sheet_a_film_is_409_an_unknown_one_404_and_bad_ids_formats_a
         ("/videos/12345/progress".to_string(), "\"12345\""),
         ("/videos/x'%3B--/sheet.csv".to_string(), "is not a UUID"),
         (format!("/videos/{running}/sheet.pdf"), "\"pdf\""),
-        (format!("/videos/{running}/sheet.csv?lang=de"), "\"de\""),
-        (format!("/videos/{running}/sheet.xlsx?lang="), "\"\""),
+        (
+            format!("/videos/{running}/sheet.csv?lang=de"),
+            "unknown lang \"de\"; expected en or ru",
+        ),
+        (
+            format!("/videos/{running}/sheet.xlsx?lang="),
+            "unknown lang \"\"",
+        ),
     ];
     for (path, says) in cases {
         assert_error(serve.get(&path).await, 400, says).await;
@@ -541,6 +568,101 @@ fn a_stale_announcement_is_ignored_and_removed_once_its_serve_is_gone() {
     assert!(status.success(), "process failed: {stderr}");
     assert!(!stderr.contains("progress:"), "{stderr}");
     assert!(!file.exists(), "a dead serve's announcement is removed");
+}
+
+#[tokio::test]
+async fn a_killed_serves_announcement_is_not_joined_though_something_answers_health_on_its_port() {
+    let (db, url) = fresh_db().await;
+    let mut serve = Serve::start(Some(&url));
+    let (port, file) = (serve.port, serve.file.clone());
+    // kill -9: serve removes nothing.
+    serve.child.kill().expect("SIGKILL serve");
+    serve.child.wait().expect("serve ends");
+    assert!(file.exists(), "a killed serve leaves its announcement");
+
+    // What another user could start on the freed port; here it runs as
+    // this user, so only the announcing process being gone gives it away.
+    let impostor = HealthImpostor::start(port);
+    let health = reqwest::get(format!("http://127.0.0.1:{port}/health"))
+        .await
+        .expect("GET /health of the impostor");
+    assert_eq!(health.text().await.expect("body"), r#"{"ok":true}"#);
+    assert_eq!(impostor.requests(), 1);
+
+    let out = tempfile::tempdir().expect("tempdir");
+    let (status, _, stderr) = process(&file, out.path(), &[]);
+    assert!(status.success(), "process failed: {stderr}");
+    assert!(!stderr.contains("shotlist serve"), "{stderr}");
+    assert!(!stderr.contains("progress:"), "{stderr}");
+    let id = video_id_in(out.path());
+    assert!(
+        matches!(db.chunk_progress(id).await, Err(DbError::NotFound(_))),
+        "the run kept out of the killed serve's database"
+    );
+    assert!(!file.exists(), "the dead serve's announcement is removed");
+    assert_eq!(impostor.requests(), 1, "process asked the impostor nothing");
+}
+
+/// A server on 127.0.0.1:`port` answering every request as a serve answers
+/// `GET /health`, counting them; stopped when dropped.
+struct HealthImpostor {
+    port: u16,
+    requests: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HealthImpostor {
+    fn start(port: u16) -> HealthImpostor {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+            .unwrap_or_else(|e| panic!("listen on the killed serve's port {port}: {e}"));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (counted, stopped) = (Arc::clone(&requests), Arc::clone(&stop));
+        let thread = std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stopped.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(mut stream) = stream else { continue };
+                let mut request = BufReader::new(&stream);
+                let mut line = String::new();
+                // Up to the blank line that ends the request's headers.
+                while request.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                    line.clear();
+                }
+                counted.fetch_add(1, Ordering::SeqCst);
+                let body = r#"{"ok":true}"#;
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        HealthImpostor {
+            port,
+            requests,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for HealthImpostor {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the accepting thread so that it sees the flag.
+        let _ = TcpStream::connect((Ipv4Addr::LOCALHOST, self.port));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 #[tokio::test]

@@ -14,9 +14,14 @@
 //! when nobody else could have written it (the folder rule of
 //! [`shotlist_shared::localdb::check_private_folder`], and the file itself
 //! owned by this user and not writable by others), only when the address is
-//! this machine's `127.0.0.1`, and only when a serve answers `GET /health`
-//! there within [`HEALTH_TIMEOUT`]. A file left by a serve that was killed
-//! is ignored, and removed once its process is gone.
+//! this machine's `127.0.0.1`, only while the process that wrote it lives,
+//! only when the socket listening on that port is this user's (read from
+//! [`TCP_TABLE`]), and only when it answers `GET /health` within
+//! [`HEALTH_TIMEOUT`]. The process and socket checks matter after a serve
+//! is killed (`kill -9` leaves its file): another local user may then
+//! listen on the freed port and answer health like a serve, and would be
+//! sent the run's database and the user's browser. A file whose process is
+//! gone is ignored and removed.
 
 use std::ffi::OsString;
 use std::io::{self, Read, Write};
@@ -24,7 +29,6 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nix::errno::Errno;
 use nix::sys::signal;
 use nix::unistd::{self, Pid};
 use serde::{Deserialize, Serialize};
@@ -47,6 +51,16 @@ const LOOPBACK_URL: &str = "http://127.0.0.1:";
 
 /// A real announcement is under 1 KB; a larger file is not one.
 const MAX_FILE_BYTES: u64 = 64 * 1024;
+
+/// The kernel's table of this network namespace's IPv4 TCP sockets, with
+/// the uid owning each. Serve listens on IPv4 only, so its socket is here.
+const TCP_TABLE: &str = "/proc/net/tcp";
+
+/// The only address serve listens on.
+const LOOPBACK: std::net::Ipv4Addr = std::net::Ipv4Addr::LOCALHOST;
+
+/// The state [`TCP_TABLE`] gives a listening socket (`TCP_LISTEN`).
+const LISTEN_STATE: &str = "0A";
 
 /// What a running serve tells other `shotlist` commands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,7 +140,11 @@ impl Drop for Announced {
         let ours = read(&self.path).is_ok_and(|found| found.pid == self.pid);
         if ours {
             if let Err(error) = std::fs::remove_file(&self.path) {
-                tracing::warn!(%error, file = %self.path.display(), "could not remove the serve announcement");
+                tracing::warn!(
+                    %error,
+                    file = %self.path.display(),
+                    "could not remove the serve announcement"
+                );
             }
         }
     }
@@ -149,18 +167,81 @@ async fn find_live_at(path: &Path) -> Result<Announcement, String> {
     let found = read_trusted(path)?;
     let port = loopback_port(&found.url)
         .ok_or_else(|| "the announced address is not http://127.0.0.1:PORT".to_string())?;
-    if answers_health(port).await {
-        return Ok(found);
-    }
     if is_gone(found.pid) {
         // A serve that was killed left it; nobody will remove it otherwise.
+        // Whatever answers on its port now is not that serve.
         let _ = std::fs::remove_file(path);
         return Err(format!(
             "stale: process {} is gone (file removed)",
             found.pid
         ));
     }
-    Err(format!("{} does not answer GET /health", found.url))
+    serves_at(port).await.map(|()| found)
+}
+
+/// Whether this user's serve is what listens on 127.0.0.1:`port`: the
+/// listening socket is this user's and answers `GET /health`; why not
+/// otherwise.
+async fn serves_at(port: u16) -> Result<(), String> {
+    let table = std::fs::read_to_string(TCP_TABLE)
+        .map_err(|e| format!("cannot read {TCP_TABLE} to see who listens there: {e}"))?;
+    let me = unistd::geteuid().as_raw();
+    listener_is_mine(&table, port, me)?;
+    if answers_health(port).await {
+        Ok(())
+    } else {
+        Err(format!("127.0.0.1:{port} does not answer GET /health"))
+    }
+}
+
+/// Whether every socket listening on 127.0.0.1:`port` in `table` (the text
+/// of [`TCP_TABLE`]) belongs to uid `me`, and there is one; why not
+/// otherwise. A row that cannot be read makes the whole table untrusted:
+/// it might be the one that matters.
+fn listener_is_mine(table: &str, port: u16, me: u32) -> Result<(), String> {
+    let mut listeners = Vec::new();
+    // The first line names the columns.
+    for (number, row) in table.lines().enumerate().skip(1) {
+        if row.trim().is_empty() {
+            continue;
+        }
+        let socket = TcpRow::parse(row)
+            .ok_or_else(|| format!("line {} of {TCP_TABLE} cannot be read", number + 1))?;
+        if socket.listening && socket.local == (LOOPBACK, port) {
+            listeners.push(socket.uid);
+        }
+    }
+    match listeners.iter().find(|&&uid| uid != me) {
+        _ if listeners.is_empty() => Err(format!("nothing listens on 127.0.0.1:{port}")),
+        Some(uid) => Err(format!(
+            "127.0.0.1:{port} is listened on by uid {uid}, not {me}"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// What discovery needs of one row of [`TCP_TABLE`]:
+/// `sl local_address rem_address st tx:rx tr:when retrnsmt uid ...`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TcpRow {
+    local: (std::net::Ipv4Addr, u16),
+    listening: bool,
+    uid: u32,
+}
+
+impl TcpRow {
+    fn parse(row: &str) -> Option<TcpRow> {
+        let columns: Vec<&str> = row.split_whitespace().collect();
+        let (address, port) = columns.get(1)?.split_once(':')?;
+        // The kernel prints the address's network-order bytes as a native
+        // u32, so reading it back natively gives those bytes again.
+        let address = u32::from_str_radix(address, 16).ok()?.to_ne_bytes();
+        Some(TcpRow {
+            local: (address.into(), u16::from_str_radix(port, 16).ok()?),
+            listening: *columns.get(3)? == LISTEN_STATE,
+            uid: columns.get(7)?.parse().ok()?,
+        })
+    }
 }
 
 /// The announcement at `path` if only this user could have written it.
@@ -226,7 +307,8 @@ async fn answers_health(port: u16) -> bool {
 }
 
 /// Returns once the serve `found` has stopped answering (twice in a row,
-/// [`WATCH_EVERY`] apart): a run in its private database cannot go on.
+/// [`WATCH_EVERY`] apart) or its process is gone: a run in its private
+/// database cannot go on.
 pub async fn until_gone(found: &Announcement) {
     let Some(port) = loopback_port(&found.url) else {
         return;
@@ -234,20 +316,33 @@ pub async fn until_gone(found: &Announcement) {
     let mut misses = 0;
     while misses < 2 {
         tokio::time::sleep(WATCH_EVERY).await;
-        misses = if answers_health(port).await {
-            0
-        } else {
-            misses + 1
+        if is_gone(found.pid) {
+            return;
+        }
+        misses = match serves_at(port).await {
+            Ok(()) => 0,
+            Err(reason) => {
+                tracing::debug!(reason, "shotlist serve did not answer");
+                misses + 1
+            }
         };
     }
 }
 
-/// Whether no process `pid` exists any more.
+/// Whether the serve that announced `pid` is gone: no process has that
+/// pid, or one this user may not signal does (the pid was reused by another
+/// user's process; a serve of this user's could always be signalled).
 fn is_gone(pid: u32) -> bool {
     match i32::try_from(pid) {
         // Signal 0 only asks whether the process exists; pids 0 and 1 are
         // never a serve's.
-        Ok(raw) if raw > 1 => signal::kill(Pid::from_raw(raw), None) == Err(Errno::ESRCH),
+        Ok(raw) if raw > 1 => match signal::kill(Pid::from_raw(raw), None) {
+            Ok(()) => false,
+            Err(errno) => {
+                tracing::debug!(pid, %errno, "the announced serve's process cannot be signalled");
+                true
+            }
+        },
         _ => true,
     }
 }
@@ -330,6 +425,101 @@ mod tests {
         assert_eq!(read_trusted(&path), Ok(announcement));
         drop(announced);
         assert!(!path.exists(), "removed when dropped");
+    }
+
+    /// A [`TCP_TABLE`] row: `address` and `port` local, `state`, `uid`.
+    fn row(sl: u32, address: [u8; 4], port: u16, state: &str, uid: u32) -> String {
+        let address = u32::from_ne_bytes(address);
+        format!(
+            "{sl:4}: {address:08X}:{port:04X} 00000000:0000 {state} 00000000:00000000 \
+             00:00000000 00000000 {uid:5}        0 {inode} 1 0000000000000000 100 0 0 10 0",
+            inode = 40_000 + sl
+        )
+    }
+
+    const HEADER: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when \
+                          retrnsmt   uid  timeout inode";
+
+    fn table(rows: &[String]) -> String {
+        std::iter::once(HEADER.to_string())
+            .chain(rows.iter().cloned())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn a_row_of_the_tcp_table_reads_as_its_address_state_and_uid() {
+        let parsed = TcpRow::parse(&row(3, [127, 0, 0, 1], 8787, "0A", 1000));
+        assert_eq!(
+            parsed,
+            Some(TcpRow {
+                local: (LOOPBACK, 8787),
+                listening: true,
+                uid: 1000,
+            })
+        );
+        let established = TcpRow::parse(&row(4, [10, 1, 2, 3], 443, "01", 0)).expect("a row");
+        assert_eq!(established.local, ([10, 1, 2, 3].into(), 443));
+        assert!(!established.listening);
+        for broken in [
+            "",
+            "0:",
+            "0: 0100007F 00000000:0000 0A",
+            "0: XYZ:1F 0:0 0A 0:0 0:0 0 1",
+        ] {
+            assert_eq!(TcpRow::parse(broken), None, "{broken:?}");
+        }
+    }
+
+    #[test]
+    fn only_a_loopback_listener_of_this_user_on_the_port_is_trusted() {
+        let me = 1000;
+        let mine = row(0, [127, 0, 0, 1], 8787, "0A", me);
+        let others_elsewhere = [
+            // Another user listening on another port, on every address, or
+            // connected from the port: none of them takes 127.0.0.1:8787.
+            row(1, [127, 0, 0, 1], 8788, "0A", 1001),
+            row(2, [0, 0, 0, 0], 9000, "0A", 1001),
+            row(3, [127, 0, 0, 1], 8787, "01", 1001),
+        ];
+        let with = |extra: &[String]| {
+            let mut rows = others_elsewhere.to_vec();
+            rows.extend_from_slice(extra);
+            table(&rows)
+        };
+        assert_eq!(
+            listener_is_mine(&with(std::slice::from_ref(&mine)), 8787, me),
+            Ok(())
+        );
+
+        let taken = with(&[row(4, [127, 0, 0, 1], 8787, "0A", 1001)]);
+        let refused = listener_is_mine(&taken, 8787, me).expect_err("another user's listener");
+        assert!(refused.contains("uid 1001, not 1000"), "{refused}");
+
+        let beside = with(&[mine.clone(), row(5, [127, 0, 0, 1], 8787, "0A", 0)]);
+        let refused = listener_is_mine(&beside, 8787, me).expect_err("a second listener");
+        assert!(refused.contains("uid 0"), "{refused}");
+
+        // The wildcard takes 127.0.0.1 too when nothing listens there
+        // exactly; it is not a serve's socket.
+        let wildcard = with(&[row(6, [0, 0, 0, 0], 8787, "0A", me)]);
+        let refused = listener_is_mine(&wildcard, 8787, me).expect_err("no loopback listener");
+        assert!(refused.contains("nothing listens"), "{refused}");
+
+        let garbled = with(&[mine, "  7: garbled".to_string()]);
+        let refused = listener_is_mine(&garbled, 8787, me).expect_err("an unreadable row");
+        assert!(refused.contains("cannot be read"), "{refused}");
+    }
+
+    #[test]
+    fn this_machines_tcp_table_shows_a_listener_of_this_process_as_this_users() {
+        let listener = std::net::TcpListener::bind((LOOPBACK, 0)).expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let table = std::fs::read_to_string(TCP_TABLE).expect("the kernel's TCP table");
+        let me = unistd::geteuid().as_raw();
+        assert_eq!(listener_is_mine(&table, port, me), Ok(()));
+        let refused = listener_is_mine(&table, port, me.wrapping_add(1)).expect_err("not theirs");
+        assert!(refused.contains(&format!("uid {me}")), "{refused}");
     }
 
     #[test]

@@ -1,12 +1,15 @@
 //! What `shotlist serve` answers.
 //!
-//! | method and path                         | answers |
-//! |-----------------------------------------|---------|
-//! | `GET /`                                 | a short page saying where a film's page is |
-//! | `GET /health`                           | `{"ok":true}` |
-//! | `GET /videos/{id}`                      | the progress document, with `"sheet"` once the film has one |
-//! | `GET /videos/{id}/progress`             | the progress page |
-//! | `GET /videos/{id}/sheet.{ext}?lang=..`  | the sheet as json, csv, xlsx or docx (lang en or ru) |
+//! | method and path                | answers |
+//! |--------------------------------|---------|
+//! | `GET /`                        | a short page saying where a film's page is |
+//! | `GET /health`                  | `{"ok":true}` |
+//! | `GET /videos/{id}`             | the progress document, `"sheet"` once there is one |
+//! | `GET /videos/{id}/progress`    | the progress page (also with a trailing `/`) |
+//! | `GET /videos/{id}/sheet.{ext}` | the sheet as json, csv, xlsx or docx |
+//!
+//! A sheet's `?lang=` picks `en` (the default) or `ru`, as the status
+//! function reads it ([`page::query_lang`]).
 //!
 //! Nothing asks who is calling: serve listens on 127.0.0.1 only. A web page
 //! from elsewhere could still reach it through a name it makes resolve to
@@ -25,8 +28,8 @@ use axum::routing::get;
 use axum::Router;
 use serde_json::{json, Value};
 use shotlist_shared::db::{Db, DbError};
-use shotlist_shared::export::{self, Format, Lang};
-use shotlist_shared::page::{self, PROGRESS_PAGE};
+use shotlist_shared::export::Format;
+use shotlist_shared::page::{self, DownloadError, PROGRESS_PAGE};
 use uuid::Uuid;
 
 /// What `GET /health` answers; discovery looks for exactly this.
@@ -58,6 +61,7 @@ pub fn router(db: Db, port: u16) -> Router {
         .route("/health", get(health))
         .route("/videos/{id}", get(progress))
         .route("/videos/{id}/progress", get(page))
+        .route("/videos/{id}/progress/", get(page))
         .route("/videos/{id}/{file}", get(download))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
@@ -88,6 +92,22 @@ impl Failure {
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
         (self.status, json_body(&json!({ "error": self.error }))).into_response()
+    }
+}
+
+impl From<DownloadError> for Failure {
+    fn from(error: DownloadError) -> Failure {
+        match error {
+            DownloadError::NotReady(why) => Failure::new(StatusCode::CONFLICT, why),
+            DownloadError::Db(error) => error.into(),
+            DownloadError::Render {
+                video_id, format, ..
+            } => {
+                let error = shotlist_shared::error_chain(&error);
+                tracing::error!(%video_id, %format, error, "cannot render the sheet");
+                Failure::new(StatusCode::INTERNAL_SERVER_ERROR, error)
+            }
+        }
     }
 }
 
@@ -226,44 +246,18 @@ async fn download(
         ));
     };
     let format: Format = extension.parse().map_err(Failure::bad_request)?;
-    let lang = lang(query.as_deref())?;
+    let lang = page::query_lang(query.as_deref()).map_err(Failure::bad_request)?;
     let video_id = video_id(Ok(id))?;
-    let details = served.db.video_details(video_id).await?;
-    let Some(sheet) = served.db.get_sheet(video_id).await? else {
-        let why = page::not_ready(&served.db, video_id).await?;
-        return Err(Failure::new(StatusCode::CONFLICT, why));
-    };
-    let bytes = export::render(&sheet, &details, format, lang).map_err(|error| {
-        tracing::error!(%video_id, %format, error = %shotlist_shared::error_chain(&error), "export failed");
-        Failure::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("film {video_id}: {}", shotlist_shared::error_chain(&error)),
-        )
-    })?;
-    let name = page::download_name(video_id, format, lang);
-    let disposition = format!("attachment; filename=\"{name}\"");
+    let file = page::download(&served.db, video_id, format, lang, |sheet| sheet).await?;
+    let disposition = file.disposition();
     Ok((
         [
-            (header::CONTENT_TYPE, format.content_type().to_string()),
+            (header::CONTENT_TYPE, file.content_type.to_string()),
             (header::CONTENT_DISPOSITION, disposition),
         ],
-        bytes,
+        file.bytes,
     )
         .into_response())
-}
-
-/// The `lang` of a query string, English when absent.
-fn lang(query: Option<&str>) -> Result<Lang, Failure> {
-    let given = query
-        .unwrap_or_default()
-        .split('&')
-        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
-        .find(|(key, _)| *key == "lang")
-        .map(|(_, value)| value);
-    match given {
-        None => Ok(Lang::default()),
-        Some(code) => code.parse().map_err(Failure::bad_request),
-    }
 }
 
 /// The film's id from the path, or a 400 naming what was given.
@@ -326,15 +320,5 @@ mod tests {
         assert!(refused_host(&HeaderMap::new(), &uri, 8787).is_some());
         let elsewhere = Uri::from_static("http://evil.example:8787/health");
         assert!(refused_host(&host("127.0.0.1:8787"), &elsewhere, 8787).is_some());
-    }
-
-    #[test]
-    fn the_lang_comes_from_the_query_and_a_bad_one_is_named() {
-        assert_eq!(lang(None).ok(), Some(Lang::En));
-        assert_eq!(lang(Some("x=1&lang=ru")).ok(), Some(Lang::Ru));
-        let refused = lang(Some("lang=de")).expect_err("unknown language");
-        assert_eq!(refused.status, StatusCode::BAD_REQUEST);
-        assert!(refused.error.contains("\"de\""), "{}", refused.error);
-        assert!(lang(Some("lang")).is_err(), "an empty lang is not English");
     }
 }

@@ -1,14 +1,17 @@
 //! The HTTP API behind API Gateway: submit, status, downloads, the progress
 //! page, finalize and force-finalize.
 //!
-//! | method and path                        | who                       | answers |
-//! |----------------------------------------|---------------------------|---------|
-//! | `POST /videos`                         | service role or a user    | 202 new film, 200 known film |
-//! | `GET /videos/{id}`                     | service role or the owner | 200 progress, with the sheet when done |
-//! | `GET /videos/{id}/sheet.{ext}[?lang=]` | service role or the owner | 200 the file (`json`, `csv`, `xlsx`, `docx`; `lang` `en` or `ru`), 409 no sheet yet |
-//! | `GET /videos/{id}/progress`            | anyone                    | 200 the progress page (HTML) |
-//! | `POST /videos/{id}/finalize`           | service role              | 200 sheet, 409 not finished |
-//! | `POST /videos/{id}/force-finalize`     | service role              | 200 sheet, or 202 with `{"retry": true}` |
+//! | method and path                    | who             | answers |
+//! |------------------------------------|-----------------|---------|
+//! | `POST /videos`                     | service or user | 202 new film, 200 known film |
+//! | `GET /videos/{id}`                 | service, owner  | 200 progress, the sheet when done |
+//! | `GET /videos/{id}/sheet.{ext}`     | service, owner  | 200 the file, 409 no sheet yet |
+//! | `GET /videos/{id}/progress`        | anyone          | 200 the progress page (HTML) |
+//! | `POST /videos/{id}/finalize`       | service         | 200 sheet, 409 not finished |
+//! | `POST /videos/{id}/force-finalize` | service         | 200 sheet, 202 `{"retry": true}` |
+//!
+//! "Service" is a token of the service role. A sheet's `ext` is `json`,
+//! `csv`, `xlsx` or `docx`; `?lang=` picks `en` (the default) or `ru`.
 //!
 //! Every request but the page's needs `Authorization: Bearer <Supabase JWT>`.
 //! A missing or bad token is 401, a caller without rights 403, an unknown
@@ -28,11 +31,11 @@ use uuid::Uuid;
 use crate::cloud::auth::{AuthError, Caller, Verifier};
 use crate::cloud::messages::ChunkMessage;
 use crate::cloud::queue::MessageQueue;
-use crate::db::{Db, DbError, Submission};
-use crate::export::{self, Format, Lang};
-use crate::page;
+use crate::db::{Db, DbError, Submission, Submitted};
+use crate::export::{Format, Lang};
+use crate::page::{self, Download, DownloadError};
 use crate::plan::PlanParams;
-use crate::probe::{self, ProbeOptions};
+use crate::probe::{self, MediaInfo, ProbeOptions};
 use crate::sheet::FilmDetails;
 
 /// How far a submitted `durationSeconds` may be from what probing finds.
@@ -169,6 +172,22 @@ impl From<DbError> for Failure {
     }
 }
 
+impl From<DownloadError> for Failure {
+    fn from(e: DownloadError) -> Failure {
+        match e {
+            DownloadError::NotReady(why) => Failure::new(StatusCode::CONFLICT, why),
+            DownloadError::Db(e) => e.into(),
+            DownloadError::Render {
+                video_id, format, ..
+            } => {
+                let error = crate::error_chain(&e);
+                tracing::error!(%video_id, %format, error, "cannot render the sheet");
+                Failure::new(StatusCode::INTERNAL_SERVER_ERROR, error)
+            }
+        }
+    }
+}
+
 fn respond(status: StatusCode, body: &Value) -> Response<Body> {
     let mut response = Response::new(Body::Text(body.to_string()));
     *response.status_mut() = status;
@@ -292,70 +311,74 @@ impl Api {
         }
     }
 
+    /// Registers a film (or finds it registered), stores its details, and
+    /// queues its chunks unless another submission holds that claim.
     async fn submit(&self, caller: Caller, body: &[u8]) -> Result<Response<Body>, Failure> {
         if caller == Caller::Anonymous {
             return Err(forbidden("this token names no user; sign in first"));
         }
-        let fields = json_object(body)?;
-        only_fields(
-            &fields,
-            &["source", "durationSeconds", "videoId", "ownerId", "details"],
-        )?;
-        let location = match fields.get("source") {
-            Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
-            Some(Value::String(_)) => return Err(Failure::field("source", "source is empty")),
-            Some(_) => {
-                return Err(Failure::field(
-                    "source",
-                    "source must be a string: a URL or a bucket key",
-                ))
-            }
-            None => {
-                return Err(Failure::field(
-                    "source",
-                    "source is missing: give the film's URL or bucket key",
-                ))
-            }
-        };
-        let duration = match fields.get("durationSeconds") {
-            None | Some(Value::Null) => None,
-            Some(v) => match v.as_f64() {
-                Some(d) if d.is_finite() && d > 0.0 => Some(d),
-                _ => {
-                    return Err(Failure::field(
-                        "durationSeconds",
-                        format!("durationSeconds must be a positive number of seconds, got {v}"),
-                    ))
-                }
-            },
-        };
-        let video_id = optional_uuid(&fields, "videoId")?;
-        let asked_owner = optional_uuid(&fields, "ownerId")?;
-        let details = film_details(&fields)?;
+        let request = SubmitRequest::read(body)?;
+        let (video_id, owner) = self.submitted_owner(caller, &request).await?;
+        let (source, media) = self.probe_source(&request).await?;
+        let submitted = self
+            .db
+            .submit_video(&Submission {
+                video_id,
+                owner_id: owner,
+                source,
+                media,
+                plan: self.plan,
+            })
+            .await?;
+        // Before the chunks are queued, so that the film's details are there
+        // from its first chunk on; a resubmission without details keeps the
+        // stored ones.
+        if let Some(details) = &request.details {
+            self.store_details(video_id, &submitted, details).await?;
+        }
+        if submitted.enqueue {
+            self.enqueue_chunks(video_id, submitted.total_chunks)
+                .await?;
+        }
+        Ok(submit_response(video_id, &submitted))
+    }
+
+    /// The film's id (the one asked for, else a new one) and its owner. A
+    /// user submits as themself; the service for whomever it names, and a
+    /// film it submits again keeps its owner unless it names another. Only
+    /// the owner (or the service) may submit a known film again.
+    async fn submitted_owner(
+        &self,
+        caller: Caller,
+        request: &SubmitRequest,
+    ) -> Result<(Uuid, Option<Uuid>), Failure> {
         let owner = match caller {
-            Caller::Service => asked_owner,
-            Caller::User(id) => {
-                if asked_owner.is_some_and(|o| o != id) {
-                    return Err(forbidden("ownerId must be your own user id"));
-                }
-                Some(id)
+            Caller::Service => request.owner_id,
+            Caller::User(id) if request.owner_id.is_some_and(|asked| asked != id) => {
+                return Err(forbidden("ownerId must be your own user id"))
             }
+            Caller::User(id) => Some(id),
             Caller::Anonymous => return Err(forbidden("this token names no user")),
         };
-        let video_id = video_id.unwrap_or_else(Uuid::new_v4);
-        let owner = match self.db.video_owner(video_id).await {
-            Ok(existing) if !caller.may_access(existing) => {
-                return Err(forbidden(format!(
-                    "video {video_id} belongs to another user"
-                )))
+        let video_id = request.video_id.unwrap_or_else(Uuid::new_v4);
+        match self.db.video_owner(video_id).await {
+            Ok(existing) if !caller.may_access(existing) => Err(forbidden(format!(
+                "video {video_id} belongs to another user"
+            ))),
+            Ok(existing) if caller == Caller::Service && request.owner_id.is_none() => {
+                Ok((video_id, existing))
             }
-            // The service resubmitting a film keeps its owner unless it
-            // names one.
-            Ok(existing) if caller == Caller::Service && asked_owner.is_none() => existing,
-            Ok(_) | Err(DbError::NotFound(_)) => owner,
-            Err(e) => return Err(e.into()),
-        };
-        let source = self.resolve_source(&location)?;
+            Ok(_) | Err(DbError::NotFound(_)) => Ok((video_id, owner)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Where the workers will read the film, and what probing finds there
+    /// (within [`SUBMIT_PROBE_TIMEOUT`]), checked against the duration the
+    /// caller claims, if any.
+    async fn probe_source(&self, request: &SubmitRequest) -> Result<(String, MediaInfo), Failure> {
+        let location = &request.location;
+        let source = self.resolve_source(location)?;
         if probe::is_remote(Path::new(&source)) && !self.allow_private_sources {
             check_public_host(&source).await?;
         }
@@ -373,12 +396,12 @@ impl Api {
                         "source",
                         format!(
                             "the source cannot be read as a video: {}",
-                            shown(&e.to_string(), &source, &location)
+                            shown(&e.to_string(), &source, location)
                         ),
                     )
                 }
             })?;
-        if let Some(claimed) = duration {
+        if let Some(claimed) = request.duration {
             let found = media.duration_seconds();
             if (claimed - found).abs() > DURATION_TOLERANCE_SECONDS {
                 return Err(Failure::field(
@@ -387,73 +410,51 @@ impl Api {
                 ));
             }
         }
-        let submitted = self
-            .db
-            .submit_video(&Submission {
-                video_id,
-                owner_id: owner,
-                source: source.clone(),
-                media,
-                plan: self.plan,
-            })
-            .await?;
-        // Before the chunks are queued, so that the film's details are there
-        // from its first chunk on; a resubmission without details keeps the
-        // stored ones.
-        if let Some(details) = &details {
-            if let Err(e) = self.db.set_video_details(video_id, details).await {
-                if submitted.enqueue {
-                    self.release_enqueue(video_id).await;
-                }
-                let mut failure = Failure::from(e);
-                failure.error = format!(
-                    "the film is registered but its details could not be stored; submit it again with videoId {video_id}: {}",
-                    failure.error
-                );
-                return Err(failure);
-            }
-        }
-        if submitted.enqueue {
-            let bodies: Vec<String> = (0..submitted.total_chunks)
-                .map(|chunk_index| {
-                    ChunkMessage {
-                        video_id,
-                        chunk_index,
-                    }
-                    .to_body()
-                })
-                .collect();
-            if let Err(e) = self.chunk_queue.send_all(&bodies).await {
-                tracing::error!(%video_id, error = %e, "cannot enqueue the chunks");
-                self.release_enqueue(video_id).await;
-                return Err(Failure::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("the film is registered but its chunks could not all be queued; submit it again with videoId {video_id}: {e}"),
-                ));
-            }
-            self.db.mark_enqueued(video_id).await?;
-            tracing::info!(%video_id, chunks = submitted.total_chunks, "film submitted and queued");
-        }
-        // Not queued yet when another submission of the same film holds the
-        // claim to queue it (it may have died: the claim then runs out in
-        // two minutes, and submitting again queues the chunks).
-        let queued = submitted.enqueued || submitted.enqueue;
-        let status = if submitted.created || !queued {
-            StatusCode::ACCEPTED
-        } else {
-            StatusCode::OK
+        Ok((source, media))
+    }
+
+    /// Replaces the film's stored details. On failure the film stays
+    /// registered, so the claim to queue its chunks is given back for the
+    /// submission the caller is told to make again.
+    async fn store_details(
+        &self,
+        video_id: Uuid,
+        submitted: &Submitted,
+        details: &FilmDetails,
+    ) -> Result<(), Failure> {
+        let Err(e) = self.db.set_video_details(video_id, details).await else {
+            return Ok(());
         };
-        Ok(respond(
-            status,
-            &json!({
-                "videoId": video_id,
-                "totalChunks": submitted.total_chunks,
-                "created": submitted.created,
-                "queued": queued,
-                "ownerId": submitted.owner_id,
-                "status": format!("/videos/{video_id}"),
-            }),
-        ))
+        if submitted.enqueue {
+            self.release_enqueue(video_id).await;
+        }
+        let mut failure = Failure::from(e);
+        failure.error = format!(
+            "the film is registered but its details could not be stored; submit it again \
+             with videoId {video_id}: {}",
+            failure.error
+        );
+        Err(failure)
+    }
+
+    /// Sends one message per chunk, then marks the film queued; when a send
+    /// fails, gives back the claim so that submitting again queues them.
+    async fn enqueue_chunks(&self, video_id: Uuid, total_chunks: u32) -> Result<(), Failure> {
+        let bodies = chunk_bodies(video_id, 0..total_chunks);
+        if let Err(e) = self.chunk_queue.send_all(&bodies).await {
+            tracing::error!(%video_id, error = %e, "cannot enqueue the chunks");
+            self.release_enqueue(video_id).await;
+            return Err(Failure::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the film is registered but its chunks could not all be queued; submit it \
+                     again with videoId {video_id}: {e}"
+                ),
+            ));
+        }
+        self.db.mark_enqueued(video_id).await?;
+        tracing::info!(%video_id, chunks = total_chunks, "film submitted and queued");
+        Ok(())
     }
 
     async fn status(&self, caller: Caller, video_id: Uuid) -> Result<Response<Body>, Failure> {
@@ -466,7 +467,11 @@ impl Api {
     /// that the next submission queues them at once.
     async fn release_enqueue(&self, video_id: Uuid) {
         if let Err(release) = self.db.release_enqueue(video_id).await {
-            tracing::warn!(%video_id, error = %release, "cannot release the enqueue claim; it runs out by itself");
+            tracing::warn!(
+                %video_id,
+                error = %release,
+                "cannot release the enqueue claim; it runs out by itself"
+            );
         }
     }
 
@@ -479,29 +484,21 @@ impl Api {
         lang: Lang,
     ) -> Result<Response<Body>, Failure> {
         self.check_access(caller, video_id).await?;
-        let Some(sheet) = self.db.get_sheet(video_id).await? else {
-            let why = page::not_ready(&self.db, video_id).await?;
-            return Err(Failure::new(StatusCode::CONFLICT, why));
-        };
-        let details = self.db.video_details(video_id).await?;
-        let bytes =
-            export::render(&self.shown_sheet(sheet), &details, format, lang).map_err(|e| {
-                tracing::error!(%video_id, %format, error = %e, "cannot render the sheet");
-                Failure::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("cannot make the {format} sheet of video {video_id}: {e}"),
-                )
-            })?;
-        if bytes.len() > MAX_DOWNLOAD_BYTES {
+        let file = page::download(&self.db, video_id, format, lang, |sheet| {
+            self.shown_sheet(sheet)
+        })
+        .await?;
+        if file.bytes.len() > MAX_DOWNLOAD_BYTES {
             return Err(Failure::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!(
-                    "the {format} sheet of video {video_id} is {} bytes, more than the API can answer with ({MAX_DOWNLOAD_BYTES}); get it with shotlist export",
-                    bytes.len()
+                    "the {format} sheet of video {video_id} is {} bytes, more than the API can \
+                     answer with ({MAX_DOWNLOAD_BYTES}); get it with shotlist export",
+                    file.bytes.len()
                 ),
             ));
         }
-        Ok(file_response(video_id, format, lang, bytes))
+        Ok(file_response(file))
     }
 
     async fn finalize(&self, caller: Caller, video_id: Uuid) -> Result<Response<Body>, Failure> {
@@ -535,16 +532,7 @@ impl Api {
         };
         if retry {
             let open = self.db.unfinished_chunks(video_id).await?;
-            let bodies: Vec<String> = open
-                .iter()
-                .map(|&chunk_index| {
-                    ChunkMessage {
-                        video_id,
-                        chunk_index,
-                    }
-                    .to_body()
-                })
-                .collect();
+            let bodies = chunk_bodies(video_id, open.iter().copied());
             self.chunk_queue.send_all(&bodies).await.map_err(|e| {
                 Failure::new(StatusCode::SERVICE_UNAVAILABLE, format!("queueing: {e}"))
             })?;
@@ -606,7 +594,8 @@ impl Api {
         }
         if location.contains("://") {
             return Err(bad(format!(
-                "source {location:?} uses a scheme other than http or https; give an http(s) URL or a bucket key"
+                "source {location:?} uses a scheme other than http or https; give an http(s) \
+                 URL or a bucket key"
             )));
         }
         let key = Path::new(location);
@@ -622,7 +611,8 @@ impl Api {
             Some(SourceRoot::Folder(root)) => Ok(root.join(key).to_string_lossy().into_owned()),
             Some(SourceRoot::Url(root)) => Ok(format!("{root}/{location}")),
             None => Err(bad(format!(
-                "source {location:?} is a bucket key, but this deployment has no SHOTLIST_SOURCE_ROOT; give an http(s) URL"
+                "source {location:?} is a bucket key, but this deployment has no \
+                 SHOTLIST_SOURCE_ROOT; give an http(s) URL"
             ))),
         }
     }
@@ -656,7 +646,8 @@ async fn check_public_host(url: &str) -> Result<(), Failure> {
     };
     match addresses.iter().find(|ip| !is_public(ip)) {
         Some(ip) => Err(bad(format!(
-            "source host {host} is not a public address ({ip}); only public http(s) URLs are fetched"
+            "source host {host} is not a public address ({ip}); only public http(s) URLs are \
+             fetched"
         ))),
         None if addresses.is_empty() => Err(bad(format!("source host {host} has no address"))),
         None => Ok(()),
@@ -723,18 +714,16 @@ fn progress_page() -> Response<Body> {
 
 /// A sheet file as a download. Binary, whatever the format: lambda_http
 /// sends it base64-encoded, which API Gateway decodes byte for byte.
-fn file_response(video_id: Uuid, format: Format, lang: Lang, bytes: Vec<u8>) -> Response<Body> {
-    let name = page::download_name(video_id, format, lang);
-    let mut response = Response::new(Body::Binary(bytes));
+fn file_response(file: Download) -> Response<Body> {
+    let disposition = file.disposition();
+    let mut response = Response::new(Body::Binary(file.bytes));
     let headers = response.headers_mut();
     headers.insert(
         http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static(format.content_type()),
+        http::HeaderValue::from_static(file.content_type),
     );
     // A UUID and fixed words: always a valid header value.
-    if let Ok(disposition) =
-        http::HeaderValue::from_str(&format!("attachment; filename=\"{name}\""))
-    {
+    if let Ok(disposition) = http::HeaderValue::from_str(&disposition) {
         headers.insert(http::header::CONTENT_DISPOSITION, disposition);
     }
     headers.insert(
@@ -754,22 +743,107 @@ fn parse_format(extension: &str) -> Result<Format, Failure> {
     })
 }
 
-/// `lang` from a query string; English without one. Other parameters are
-/// ignored.
+/// `lang` from a query string, as [`page::query_lang`] reads it.
 fn parse_lang(query: Option<&str>) -> Result<Lang, Failure> {
-    let parameters: lambda_http::aws_lambda_events::query_map::QueryMap =
-        query.unwrap_or("").parse().unwrap_or_default();
-    match parameters.first("lang") {
-        None => Ok(Lang::default()),
-        Some(code) => code.parse().map_err(|_| {
-            Failure::field("lang", format!("unknown lang {code:?}; expected en or ru"))
-        }),
+    page::query_lang(query).map_err(|error| Failure::field("lang", error))
+}
+
+/// A submission's body, read and checked field by field (nothing looked
+/// up yet).
+#[derive(Debug)]
+struct SubmitRequest {
+    /// `source`, trimmed: a URL or a bucket key.
+    location: String,
+    /// `durationSeconds`, when the caller claims one.
+    duration: Option<f64>,
+    video_id: Option<Uuid>,
+    /// `ownerId`, as asked.
+    owner_id: Option<Uuid>,
+    details: Option<FilmDetails>,
+}
+
+impl SubmitRequest {
+    const FIELDS: [&'static str; 5] =
+        ["source", "durationSeconds", "videoId", "ownerId", "details"];
+
+    fn read(body: &[u8]) -> Result<SubmitRequest, Failure> {
+        let fields = json_object(body)?;
+        only_fields(&fields, &SubmitRequest::FIELDS)?;
+        Ok(SubmitRequest {
+            location: source_field(&fields)?,
+            duration: duration_field(&fields)?,
+            video_id: optional_uuid(&fields, "videoId")?,
+            owner_id: optional_uuid(&fields, "ownerId")?,
+            details: details_field(&fields)?,
+        })
     }
+}
+
+/// The `source` of a submission, trimmed; it must be there.
+fn source_field(fields: &Map<String, Value>) -> Result<String, Failure> {
+    let refused = |error: &str| Err(Failure::field("source", error));
+    match fields.get("source") {
+        Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+        Some(Value::String(_)) => refused("source is empty"),
+        Some(_) => refused("source must be a string: a URL or a bucket key"),
+        None => refused("source is missing: give the film's URL or bucket key"),
+    }
+}
+
+/// The optional `durationSeconds` of a submission: a positive number.
+fn duration_field(fields: &Map<String, Value>) -> Result<Option<f64>, Failure> {
+    match fields.get("durationSeconds") {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_f64() {
+            Some(d) if d.is_finite() && d > 0.0 => Ok(Some(d)),
+            _ => Err(Failure::field(
+                "durationSeconds",
+                format!("durationSeconds must be a positive number of seconds, got {v}"),
+            )),
+        },
+    }
+}
+
+/// What submit answers: 202 for a new film or one whose chunks are not
+/// queued yet (another submission holds the claim to queue them; if it
+/// died, the claim runs out in two minutes and submitting again queues
+/// them), 200 for a known, queued film.
+fn submit_response(video_id: Uuid, submitted: &Submitted) -> Response<Body> {
+    let queued = submitted.enqueued || submitted.enqueue;
+    let status = if submitted.created || !queued {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    respond(
+        status,
+        &json!({
+            "videoId": video_id,
+            "totalChunks": submitted.total_chunks,
+            "created": submitted.created,
+            "queued": queued,
+            "ownerId": submitted.owner_id,
+            "status": format!("/videos/{video_id}"),
+        }),
+    )
+}
+
+/// The queue messages of the film's chunks `chunk_indexes`.
+fn chunk_bodies(video_id: Uuid, chunk_indexes: impl Iterator<Item = u32>) -> Vec<String> {
+    chunk_indexes
+        .map(|chunk_index| {
+            ChunkMessage {
+                video_id,
+                chunk_index,
+            }
+            .to_body()
+        })
+        .collect()
 }
 
 /// The optional `details` of a submission, checked: `None` when not given
 /// (or null), so that stored details stay as they are.
-fn film_details(fields: &Map<String, Value>) -> Result<Option<FilmDetails>, Failure> {
+fn details_field(fields: &Map<String, Value>) -> Result<Option<FilmDetails>, Failure> {
     let given = match fields.get("details") {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::Object(given)) => given,
@@ -786,21 +860,20 @@ fn film_details(fields: &Map<String, Value>) -> Result<Option<FilmDetails>, Fail
     for (name, value) in given {
         if !matches!(value, Value::String(_) | Value::Null) {
             return Err(Failure::field(
-                detail_field(name),
+                blamed_detail(name),
                 format!("details.{name} must be a string, got {}", kind(value)),
             ));
         }
     }
     let details: FilmDetails = serde_json::from_value(Value::Object(given.clone()))
         .map_err(|e| Failure::field("details", format!("details cannot be read: {e}")))?;
-    details
-        .checked()
-        .map(Some)
-        .map_err(|(name, message)| Failure::field(detail_field(name), format!("details.{message}")))
+    details.checked().map(Some).map_err(|(name, message)| {
+        Failure::field(blamed_detail(name), format!("details.{message}"))
+    })
 }
 
-/// `details.<name>`, for the five names [`film_details`] lets through.
-fn detail_field(name: &str) -> &'static str {
+/// `details.<name>`, for the five names [`details_field`] lets through.
+fn blamed_detail(name: &str) -> &'static str {
     match name {
         "title" => "details.title",
         "year" => "details.year",
@@ -916,23 +989,25 @@ mod tests {
     }
 
     #[test]
-    fn a_download_is_named_for_its_film_language_and_format() {
+    fn a_download_answers_with_its_type_name_and_bytes() {
         let id = Uuid::nil();
-        let disposition = |format, lang| {
-            let response = file_response(id, format, lang, vec![]);
-            response.headers()[http::header::CONTENT_DISPOSITION]
-                .to_str()
-                .unwrap()
-                .to_string()
+        let file = Download {
+            bytes: b"PK".to_vec(),
+            content_type: Format::Docx.content_type(),
+            file_name: page::download_name(id, Format::Docx, Lang::Ru),
         };
+        let response = file_response(file);
+        let header = |name| response.headers()[name].to_str().unwrap().to_string();
         assert_eq!(
-            disposition(Format::Docx, Lang::Ru),
+            header(http::header::CONTENT_DISPOSITION),
             format!("attachment; filename=\"shotlist-{id}.ru.docx\"")
         );
         assert_eq!(
-            disposition(Format::Json, Lang::Ru),
-            format!("attachment; filename=\"shotlist-{id}.json\"")
+            header(http::header::CONTENT_TYPE),
+            Format::Docx.content_type()
         );
+        assert_eq!(header(http::header::X_CONTENT_TYPE_OPTIONS), "nosniff");
+        assert_eq!(response.body().as_ref(), b"PK");
     }
 
     #[test]

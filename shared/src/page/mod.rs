@@ -2,14 +2,19 @@
 //! anywhere else) served by the status function at
 //! `GET /videos/{id}/progress` and by `shotlist serve` at the same path, and
 //! what both answer around it: the progress document it polls, the
-//! downloads' file names, and the page's security policy.
+//! downloads (`sheet.<ext>?lang=..`) with their file names, and the page's
+//! security policy. Both servers go through the same functions here, so a
+//! download, its file name and its errors are the same from either.
 
 use serde_json::Value;
 use uuid::Uuid;
 
 use crate::db::{Db, DbError};
-use crate::export::{Format, Lang};
+use crate::export::{self, ExportError, Format, Lang};
 use crate::sheet::Sheet;
+
+/// The longest part of a refused `lang` quoted back in an error.
+const QUOTED_LANG_CHARS: usize = 40;
 
 /// The page. It reads the film's id from its own address and polls the
 /// progress document one level up (`GET /videos/{id}`).
@@ -58,5 +63,152 @@ pub fn download_name(video_id: Uuid, format: Format, lang: Lang) -> String {
     match format {
         Format::Json => format!("shotlist-{video_id}.{format}"),
         _ => format!("shotlist-{video_id}.{}.{format}", lang.code()),
+    }
+}
+
+/// A sheet file, ready to be sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Download {
+    pub bytes: Vec<u8>,
+    /// [`Format::content_type`].
+    pub content_type: &'static str,
+    /// [`download_name`].
+    pub file_name: String,
+}
+
+impl Download {
+    /// The `Content-Disposition` that saves the file under its name. The
+    /// name is a UUID and fixed words, so it needs no quoting rules.
+    pub fn disposition(&self) -> String {
+        format!("attachment; filename=\"{}\"", self.file_name)
+    }
+}
+
+/// Why a film's sheet could not be downloaded.
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    /// The film has no sheet yet (409), in [`not_ready`]'s words.
+    #[error("{0}")]
+    NotReady(String),
+    /// The database refused or failed: an unknown film is
+    /// [`DbError::NotFound`] (404); the rest as each server maps it.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The stored sheet could not be rendered: a fault of this side (500).
+    #[error("could not make the {format} sheet of video {video_id}: {source}")]
+    Render {
+        video_id: Uuid,
+        format: Format,
+        #[source]
+        source: ExportError,
+    },
+}
+
+/// The film's stored sheet in `format` and `lang`, with its stored details,
+/// passed through `show` first (the API strips its source root there).
+pub async fn download(
+    db: &Db,
+    video_id: Uuid,
+    format: Format,
+    lang: Lang,
+    show: impl FnOnce(Sheet) -> Sheet,
+) -> Result<Download, DownloadError> {
+    // Details first: an unknown film is NotFound before anything else.
+    let details = db.video_details(video_id).await?;
+    let Some(sheet) = db.get_sheet(video_id).await? else {
+        return Err(DownloadError::NotReady(not_ready(db, video_id).await?));
+    };
+    let bytes = export::render(&show(sheet), &details, format, lang).map_err(|source| {
+        DownloadError::Render {
+            video_id,
+            format,
+            source,
+        }
+    })?;
+    Ok(Download {
+        bytes,
+        content_type: format.content_type(),
+        file_name: download_name(video_id, format, lang),
+    })
+}
+
+/// The `lang` of a download's query string, decoded as a browser encodes it
+/// (`lang=%72%75` is `ru`); English when there is none, the first when
+/// there are several, other parameters ignored. An unknown or empty one is
+/// refused with the words both servers answer 400 with.
+pub fn query_lang(query: Option<&str>) -> Result<Lang, String> {
+    let given = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .find(|(key, _)| key == "lang")
+        .map(|(_, value)| value);
+    let Some(code) = given else {
+        return Ok(Lang::default());
+    };
+    code.parse().map_err(|_| {
+        let quoted: String = code.chars().take(QUOTED_LANG_CHARS).collect();
+        format!("unknown lang {quoted:?}; expected en or ru")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lang_of_a_query_is_decoded_and_english_without_one() {
+        for (query, expected) in [
+            (None, Lang::En),
+            (Some(""), Lang::En),
+            (Some("x=1"), Lang::En),
+            (Some("x=1&lang=ru"), Lang::Ru),
+            (Some("lang=%72%75"), Lang::Ru),
+            (Some("lang=RU"), Lang::Ru),
+            (Some("lang=en&lang=ru"), Lang::En),
+            (Some("la%6Eg=ru"), Lang::Ru),
+        ] {
+            assert_eq!(query_lang(query), Ok(expected), "{query:?}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_or_empty_lang_is_refused_naming_what_was_given() {
+        for (query, quoted) in [
+            ("lang=de", "\"de\""),
+            ("lang=", "\"\""),
+            ("lang", "\"\""),
+            ("lang=%64%65", "\"de\""),
+            ("lang=r+u", "\"r u\""),
+        ] {
+            let refused = query_lang(Some(query)).expect_err(query);
+            assert_eq!(
+                refused,
+                format!("unknown lang {quoted}; expected en or ru"),
+                "{query}"
+            );
+        }
+        let long = format!("lang={}", "x".repeat(500));
+        let refused = query_lang(Some(&long)).expect_err("a long lang");
+        assert!(refused.len() < 100, "quoted in part: {refused}");
+    }
+
+    #[test]
+    fn a_download_is_named_for_its_film_language_and_format() {
+        let id = Uuid::nil();
+        assert_eq!(
+            download_name(id, Format::Docx, Lang::Ru),
+            format!("shotlist-{id}.ru.docx")
+        );
+        assert_eq!(
+            download_name(id, Format::Json, Lang::Ru),
+            format!("shotlist-{id}.json")
+        );
+        let file = Download {
+            bytes: vec![],
+            content_type: Format::Csv.content_type(),
+            file_name: download_name(id, Format::Csv, Lang::En),
+        };
+        assert_eq!(
+            file.disposition(),
+            format!("attachment; filename=\"shotlist-{id}.en.csv\"")
+        );
     }
 }
