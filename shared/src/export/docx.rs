@@ -130,7 +130,12 @@ fn text_run(text: &str) -> Run {
 /// `text` with every character XML 1.0 cannot hold replaced by U+FFFD, so
 /// the reader sees that something stood there.
 fn xml_safe(text: &str) -> Cow<'_, str> {
-    let forbidden = |c: char| matches!(c, '\0'..='\u{8}' | '\u{B}' | '\u{C}' | '\u{E}'..='\u{1F}' | '\u{FFFE}' | '\u{FFFF}');
+    let forbidden = |c: char| {
+        matches!(
+            c,
+            '\0'..='\u{8}' | '\u{B}' | '\u{C}' | '\u{E}'..='\u{1F}' | '\u{FFFE}' | '\u{FFFF}'
+        )
+    };
     if text.contains(forbidden) {
         text.replace(forbidden, "\u{FFFD}").into()
     } else {
