@@ -10,7 +10,9 @@
 -- their shape (the five names, strings, one line of at most 300 characters,
 -- as the Rust side's FilmDetails::checked does) so that a hand-made call
 -- cannot store what no sheet could show; the table itself only insists on
--- an object, which every reader can take.
+-- an object, which every reader can take. The noncharacters U+FFFE and
+-- U+FFFF, which the Rust side also refuses, pass here: the sheets replace
+-- them where XML cannot hold them.
 --
 -- The file can be applied again, and while workers run: only the videos
 -- table changes, locked all at once or not at all (shotlist.lock_all_or_none,

@@ -147,6 +147,32 @@ fn a_run_whose_stdout_and_stderr_readers_left_still_writes_its_sheet() {
 }
 
 #[test]
+fn an_output_folder_whose_file_names_are_taken_by_a_link_or_a_fifo_is_refused_before_any_work() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let elsewhere = out.path().join("elsewhere.json");
+    std::fs::write(&elsewhere, "kept").expect("write");
+    std::os::unix::fs::symlink(&elsewhere, out.path().join("sheet.json")).expect("symlink");
+    let fifo = out.path().join("sheet.docx");
+    let made = Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("run mkfifo");
+    assert!(made.success(), "mkfifo");
+    let mut command = shotlist();
+    command
+        .arg("process")
+        .arg(city_film())
+        .arg("--out")
+        .arg(out.path());
+    let stderr = assert_one_line_error(
+        &mut command,
+        "sheet.json is a symbolic link, sheet.docx is a FIFO",
+    );
+    assert!(!stderr.contains("chunk"), "no chunk was analyzed: {stderr}");
+    assert_eq!(std::fs::read_to_string(&elsewhere).expect("read"), "kept");
+}
+
+#[test]
 fn missing_film_is_a_one_line_error() {
     let stderr = assert_one_line_error(
         shotlist().args(["process", "/no/such/film.mp4"]),

@@ -747,11 +747,11 @@ fn export_out_is_never_a_link_a_fifo_a_socket_or_the_sheet_it_reads_from() {
         (PathBuf::from("/proc/self/fd/0"), "is a symbolic link"),
         (
             folder.join("sheet.json"),
-            "would overwrite the sheet it is read from",
+            "would overwrite the sheet of the folder it reads from",
         ),
         (
             work.path().join("folder/../folder/./details.json"),
-            "would overwrite the details it is read from",
+            "would overwrite the details of the folder it reads from",
         ),
     ];
     for (out, expected) in refusals {

@@ -343,6 +343,21 @@ async fn behind_a_path_prefix_the_fragment_token_is_kept_for_the_tab_sent_as_bea
         resumed["eta"], "about 6 min left",
         "a day idle is no pace: 2 min a chunk since the resumption, 3 chunks left"
     );
+
+    let late = format!(
+        "{}/prod/videos/{LATE_START}/progress",
+        api.server.base_url()
+    );
+    browser.goto(&late).await;
+    let late = browser
+        .wait_until("the film resumed before any chunk finished", |page| {
+            states(page).len() == 8
+        })
+        .await;
+    assert_eq!(
+        late["eta"], "about 3 min left",
+        "the days before the first finish are no pace either: 1 min a chunk, 3 left"
+    );
     assert!(
         api.requests()
             .iter()
@@ -525,6 +540,10 @@ const MID_RUN: &str = "00000000-0000-4000-8000-000000000002";
 /// A film resumed a day after its first chunks: see [`resumed_document`].
 const RESUMED: &str = "00000000-0000-4000-8000-000000000003";
 
+/// A film registered days before its first chunk finished: see
+/// [`late_start_document`].
+const LATE_START: &str = "00000000-0000-4000-8000-000000000004";
+
 /// A stand-in for the cloud API under a stage prefix (`/prod`): it serves
 /// the page, answers a finished one-chunk film to [`GOOD_BEARER`] and 401
 /// to anyone else, and records every request's path and `Authorization`.
@@ -611,6 +630,9 @@ async fn cloud_progress(Path(id): Path<String>, headers: HeaderMap) -> Response 
     if id == RESUMED {
         return axum::Json(resumed_document()).into_response();
     }
+    if id == LATE_START {
+        return axum::Json(late_start_document()).into_response();
+    }
     axum::Json(json!({
         "videoId": id,
         "totalChunks": 1,
@@ -687,6 +709,42 @@ fn resumed_document() -> Value {
             chunk(3, "completed", "2025-01-02T09:00:00.000Z"),
             chunk(4, "completed", "2025-01-02T09:02:00.000Z"),
             chunk(5, "processing", "2025-01-02T09:02:00.000Z"),
+            chunk(6, "pending", "2025-01-01T10:00:00.000Z"),
+            chunk(7, "pending", "2025-01-01T10:00:00.000Z")
+        ],
+        "sheet": null
+    })
+}
+
+/// Registered three days ago, stopped before any chunk finished, resumed
+/// this morning: five chunks finished a minute apart, three wait.
+fn late_start_document() -> Value {
+    let chunk = |index: u32, status: &str, updated: &str| {
+        json!({
+            "index": index, "status": status,
+            "startTimecode": "00:00:00:00", "endTimecode": "00:00:04:00",
+            "attempts": 1, "error": null, "updatedAt": updated
+        })
+    };
+    let done = |index: u32| {
+        chunk(
+            index,
+            "completed",
+            &format!("2025-01-04T09:0{index}:00.000Z"),
+        )
+    };
+    json!({
+        "videoId": LATE_START,
+        "totalChunks": 8,
+        "completedChunks": 5,
+        "failedChunks": 0,
+        "finished": false,
+        "createdAt": "2025-01-01T10:00:00.000Z",
+        "now": "2025-01-04T09:04:30.000Z",
+        "details": {},
+        "chunks": [
+            done(0), done(1), done(2), done(3), done(4),
+            chunk(5, "pending", "2025-01-01T10:00:00.000Z"),
             chunk(6, "pending", "2025-01-01T10:00:00.000Z"),
             chunk(7, "pending", "2025-01-01T10:00:00.000Z")
         ],

@@ -812,3 +812,47 @@ fn serve_url(stderr: &[String]) -> String {
         .unwrap_or_else(|| panic!("the run did not join serve: {stderr:?}"))
         .to_string()
 }
+
+#[test]
+fn a_serve_starting_while_another_holds_the_lock_stops_before_taking_a_port() {
+    let folder = tempfile::tempdir().expect("tempdir");
+    let file = folder.path().join("serve.json");
+    let lock = folder.path().join("serve.json.lock");
+    // What a serve holds from its start until it exits, held here by
+    // util-linux's flock(1) in place of a serve still starting.
+    let mut holder = Command::new("flock")
+        .arg(&lock)
+        .args(["sleep", "60"])
+        .spawn()
+        .expect("run flock");
+    let deadline = std::time::Instant::now() + START_LIMIT;
+    while !lock.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "flock made no lock file"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let second = Command::new(shotlist_bin())
+        .args(["serve", "--port", "0"])
+        .env_remove("DATABASE_URL")
+        .env_remove("RUST_LOG")
+        .env("SHOTLIST_SERVE_FILE", &file)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run shotlist serve");
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("another shotlist serve is starting"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("starting the embedded PostgreSQL"),
+        "{stderr}"
+    );
+    assert!(!file.exists(), "no announcement");
+}

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use shotlist_shared::db::{Db, DbError};
-use shotlist_shared::export::{self, ExportError, Format, Lang, DETAILS_FILE, JSON_FILE};
+use shotlist_shared::export::{self, ExportError, Format, Lang, CSV_FILE, DETAILS_FILE, JSON_FILE};
 use shotlist_shared::sheet::{FilmDetails, Sheet};
 use uuid::Uuid;
 
@@ -165,27 +165,38 @@ fn check_out_file(out: PathBuf, source: &Source) -> Result<PathBuf, ArgError> {
     if let Source::Folder(from) = source {
         if let Some(what) = read_from(&out, from) {
             return Err(ArgError(format!(
-                "--out {shown} would overwrite the {what} it is read from; give another \
-                 file or - for stdout"
+                "--out {shown} would overwrite the {what} of the folder it reads from; give \
+                 another file or - for stdout"
             )));
         }
     }
     Ok(out)
 }
 
-/// Whether `out` is, by another spelling or not, the `sheet.json` or the
-/// `details.json` of the folder `from`: "sheet" or "details", else `None`.
-/// Both folders are compared as the file system resolves them; a folder
-/// that does not resolve holds nothing to lose.
+/// Whether `out` is, by another spelling, a link or a hard link, one of the
+/// files of the folder `from` that export reads or cannot write again:
+/// `sheet.json`, `details.json`, or the machine `sheet.csv`. Names what it
+/// would overwrite, else `None`. A folder that does not resolve holds
+/// nothing to lose.
 fn read_from(out: &Path, from: &Path) -> Option<&'static str> {
-    let name = out.file_name()?;
-    let what = if name == JSON_FILE {
-        "sheet"
-    } else if name == DETAILS_FILE {
-        "details"
-    } else {
-        return None;
+    use std::os::unix::fs::MetadataExt;
+    const KEPT: [(&str, &str); 3] = [
+        (JSON_FILE, "sheet"),
+        (DETAILS_FILE, "details"),
+        (CSV_FILE, "machine CSV (sheet.csv)"),
+    ];
+    let same_file = |a: &Path, b: &Path| match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
     };
+    if let Some((_, what)) = KEPT
+        .iter()
+        .find(|(name, _)| same_file(out, &from.join(name)))
+    {
+        return Some(what);
+    }
+    let name = out.file_name()?;
+    let (_, what) = KEPT.iter().find(|(kept, _)| name == *kept)?;
     let parent = out
         .parent()
         .filter(|dir| !dir.as_os_str().is_empty())
@@ -483,11 +494,11 @@ mod tests {
             (show(fifo), "is not a regular file (a FIFO)"),
             (
                 show(from.join(JSON_FILE)),
-                "would overwrite the sheet it is read from",
+                "would overwrite the sheet of the folder it reads from",
             ),
             (
                 show(dir.path().join("from/../from/./details.json")),
-                "would overwrite the details it is read from",
+                "would overwrite the details of the folder it reads from",
             ),
         ];
         for (out, expected) in cases {
@@ -500,6 +511,39 @@ mod tests {
         let elsewhere = show(dir.path().join(JSON_FILE));
         let flags = ["--format", "json", "--from", &from_arg, "--out", &elsewhere];
         assert!(parse(&flags).is_ok());
+
+        // Unless the folder's own sheet.json is a link to it, or the machine
+        // CSV is asked for, which export cannot write again.
+        std::fs::write(dir.path().join(JSON_FILE), "{}").expect("write");
+        let linked = dir.path().join("linked");
+        std::fs::create_dir(&linked).expect("mkdir");
+        std::os::unix::fs::symlink(dir.path().join(JSON_FILE), linked.join(JSON_FILE))
+            .expect("symlink");
+        let linked_arg = show(linked);
+        let flags = [
+            "--format",
+            "csv",
+            "--from",
+            &linked_arg,
+            "--out",
+            &elsewhere,
+        ];
+        let error = parse(&flags).expect_err("the linked sheet").to_string();
+        assert!(
+            error.contains("would overwrite the sheet of the folder it reads from"),
+            "{error}"
+        );
+        let machine_csv = show(from.join(CSV_FILE));
+        let flags = [
+            "--format",
+            "csv",
+            "--from",
+            &from_arg,
+            "--out",
+            &machine_csv,
+        ];
+        let error = parse(&flags).expect_err("the machine csv").to_string();
+        assert!(error.contains("the machine CSV (sheet.csv)"), "{error}");
     }
 
     #[test]

@@ -335,6 +335,7 @@ async fn process(
         path: out.clone(),
         source,
     })?;
+    check_out_files(&out)?;
     if let Some(base) = &page {
         note!("progress: {base}/videos/{video_id}/progress");
     }
@@ -370,6 +371,34 @@ async fn process(
         return Err(CliError::NothingAnalyzed(reason));
     }
     Ok(())
+}
+
+/// Refuses, before any work, an output folder where the run could not write
+/// its files: one of their names is taken by a link, a FIFO, a folder or
+/// the like (which the atomic writes will not replace). Every such name is
+/// said at once; found only after the analysis, the analysis would be lost
+/// with a private database.
+fn check_out_files(out: &std::path::Path) -> Result<(), CliError> {
+    use shotlist_shared::export::{
+        not_a_regular_file, CSV_FILE, DETAILS_FILE, DOCX_FILE, JSON_FILE, XLSX_FILE,
+    };
+    let blocked: Vec<String> = [JSON_FILE, CSV_FILE, XLSX_FILE, DOCX_FILE, DETAILS_FILE]
+        .into_iter()
+        .filter_map(|name| match not_a_regular_file(&out.join(name)) {
+            Ok(None) => None,
+            Ok(Some(kind)) => Some(format!("{name} is {kind}")),
+            Err(error) => Some(format!("{name} cannot be read ({error})")),
+        })
+        .collect();
+    if blocked.is_empty() {
+        return Ok(());
+    }
+    Err(args::ArgError(format!(
+        "--out {}: {}; the run writes regular files there",
+        out.display(),
+        blocked.join(", ")
+    ))
+    .into())
 }
 
 /// Runs the job against the database the settings name, or against a

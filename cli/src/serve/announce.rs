@@ -25,7 +25,7 @@
 
 use std::ffi::OsString;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -109,14 +109,7 @@ impl Announced {
     /// missing. Refuses a folder that others could change: a reader would
     /// not trust the file there anyway.
     pub fn write(path: &Path, announcement: &Announcement) -> io::Result<Announced> {
-        let folder = path
-            .parent()
-            .ok_or_else(|| io::Error::other("the announcement path has no folder"))?;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(folder)?;
-        check_private_folder(folder)?;
+        let folder = private_folder(path)?;
         let mut file = tempfile::Builder::new()
             .prefix(".serve-")
             .tempfile_in(folder)?;
@@ -147,6 +140,50 @@ impl Drop for Announced {
                 );
             }
         }
+    }
+}
+
+/// The folder of the announcement at `path`, made (0700) when missing and
+/// refused when others could change it: a reader would not trust a file
+/// there anyway.
+fn private_folder(path: &Path) -> io::Result<&Path> {
+    let folder = path
+        .parent()
+        .ok_or_else(|| io::Error::other("the announcement path has no folder"))?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(folder)?;
+    check_private_folder(folder)?;
+    Ok(folder)
+}
+
+/// An exclusive lock on `<announcement>.lock`, held by a serve from before
+/// it takes its port until it exits. Two serves started together both find
+/// no announcement (it is written only once serve answers); the lock lets
+/// only one of them go on.
+#[derive(Debug)]
+pub struct Claim {
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+/// Takes the lock beside the announcement at `path`; `Ok(None)` when
+/// another serve holds it.
+pub fn claim(path: &Path) -> io::Result<Option<Claim>> {
+    use nix::fcntl::{Flock, FlockArg};
+    private_folder(path)?;
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(PathBuf::from(name))?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(Some(Claim { _lock: lock })),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, errno)) => Err(errno.into()),
     }
 }
 

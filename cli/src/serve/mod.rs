@@ -56,6 +56,12 @@ pub enum ServeError {
          SHOTLIST_SERVE_FILE"
     )]
     AlreadyRunning(String),
+    #[error(
+        "another shotlist serve is starting (it holds {}.lock); stop it first, or give this \
+         one its own SHOTLIST_SERVE_FILE",
+        .0.display()
+    )]
+    AlreadyStarting(std::path::PathBuf),
 }
 
 /// Serves until Ctrl-C or SIGTERM, which end it with
@@ -67,6 +73,20 @@ pub async fn run(settings: ServeSettings) -> Result<(), CliError> {
     if let Some(running) = announce::find_live().await {
         return Err(ServeError::AlreadyRunning(running.url).into());
     }
+    // Held until serve returns: a serve starting at the same moment stops.
+    let _claim = match announce::path().map(|path| (announce::claim(&path), path)) {
+        Some((Ok(None), path)) => return Err(ServeError::AlreadyStarting(path).into()),
+        Some((Ok(claim), _)) => claim,
+        Some((Err(error), path)) => {
+            note!(
+                "shotlist: warning: could not lock {}.lock: {error}; shotlist process may not \
+                 find this server",
+                path.display()
+            );
+            None
+        }
+        None => None,
+    };
     // The port first: a port in use is told before a database is started.
     let port = settings.port;
     let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port))
