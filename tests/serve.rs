@@ -30,12 +30,15 @@ use uuid::Uuid;
 /// How long a test waits for serve to say it is serving.
 const START_LIMIT: Duration = Duration::from_secs(60);
 
+/// How long a dropped serve may take to stop and remove its database.
+const STOP_LIMIT: Duration = Duration::from_secs(20);
+
 /// The policy the page is served with (the status function sends the same).
 const CSP: &str = "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
                    img-src data:; connect-src 'self'; base-uri 'none'; frame-ancestors 'none'";
 
 /// A `shotlist serve --port 0` announcing itself in a folder of its own;
-/// killed when dropped unless it was interrupted.
+/// stopped with Ctrl-C when dropped unless it was interrupted.
 struct Serve {
     child: Child,
     /// `http://127.0.0.1:PORT`, as it printed it.
@@ -137,11 +140,24 @@ impl Serve {
 }
 
 impl Drop for Serve {
+    /// Ctrl-C first, so that serve removes its private database (a killed
+    /// serve leaves its PostgreSQL running); a kill only if it does not end.
     fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
         }
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + STOP_LIMIT;
+        while std::time::Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
