@@ -212,12 +212,9 @@ pub enum ExportFailed {
     Db(#[from] DbError),
     #[error("no video {0} in the database")]
     UnknownVideo(Uuid),
-    #[error("video {video_id} has no sheet yet: {done} of {total} chunks done")]
-    Unfinished {
-        video_id: Uuid,
-        done: u64,
-        total: u64,
-    },
+    /// In [`shotlist_shared::page::not_ready`]'s words, as the servers say it.
+    #[error("{0}")]
+    Unfinished(String),
     #[error("{0}")]
     Folder(String),
     #[error("could not write the {format} sheet of video {video_id}: {source}")]
@@ -289,16 +286,13 @@ async fn from_database(url: &str, video_id: Uuid) -> Result<(Sheet, FilmDetails)
     let applied = db.migrate().await?;
     tracing::debug!(?applied, "migrations applied");
     let Some(sheet) = db.get_sheet(video_id).await? else {
-        let progress = match db.chunk_progress(video_id).await {
-            Err(DbError::NotFound(_)) => return Err(ExportFailed::UnknownVideo(video_id)),
-            other => other?,
-        };
-        let count = |key: &str| progress[key].as_u64().unwrap_or(0);
-        return Err(ExportFailed::Unfinished {
-            video_id,
-            done: count("completedChunks") + count("failedChunks"),
-            total: count("totalChunks"),
-        });
+        return Err(
+            match shotlist_shared::page::not_ready(&db, video_id).await {
+                Ok(why) => ExportFailed::Unfinished(why),
+                Err(DbError::NotFound(_)) => ExportFailed::UnknownVideo(video_id),
+                Err(error) => error.into(),
+            },
+        );
     };
     let details = db.video_details(video_id).await?;
     Ok((sheet, details))

@@ -97,32 +97,15 @@ impl IntoResponse for Failure {
 
 impl From<DownloadError> for Failure {
     fn from(error: DownloadError) -> Failure {
-        match error {
-            DownloadError::NotReady(why) => Failure::new(StatusCode::CONFLICT, why),
-            DownloadError::Db(error) => error.into(),
-            DownloadError::Render {
-                video_id, format, ..
-            } => {
-                let error = shotlist_shared::error_chain(&error);
-                tracing::error!(%video_id, %format, error, "cannot render the sheet");
-                Failure::new(StatusCode::INTERNAL_SERVER_ERROR, error)
-            }
-        }
+        let (status, text) = error.answer();
+        Failure::new(status, text)
     }
 }
 
 impl From<DbError> for Failure {
     fn from(error: DbError) -> Failure {
-        let status = match &error {
-            DbError::NotFound(_) => StatusCode::NOT_FOUND,
-            DbError::NotReady(_) | DbError::InvalidArgument(_) => StatusCode::CONFLICT,
-            error if error.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        if status == StatusCode::INTERNAL_SERVER_ERROR {
-            tracing::error!(%error, "database call failed");
-        }
-        Failure::new(status, error.to_string())
+        let (status, text) = page::db_answer(error);
+        Failure::new(status, text)
     }
 }
 

@@ -158,33 +158,16 @@ impl From<AuthError> for Failure {
 }
 
 impl From<DbError> for Failure {
-    fn from(e: DbError) -> Failure {
-        let status = match &e {
-            DbError::NotFound(_) => StatusCode::NOT_FOUND,
-            DbError::NotReady(_) | DbError::InvalidArgument(_) => StatusCode::CONFLICT,
-            e if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        if status == StatusCode::INTERNAL_SERVER_ERROR {
-            tracing::error!(error = %e, "database call failed");
-        }
-        Failure::new(status, e.to_string())
+    fn from(error: DbError) -> Failure {
+        let (status, text) = page::db_answer(error);
+        Failure::new(status, text)
     }
 }
 
 impl From<DownloadError> for Failure {
-    fn from(e: DownloadError) -> Failure {
-        match e {
-            DownloadError::NotReady(why) => Failure::new(StatusCode::CONFLICT, why),
-            DownloadError::Db(e) => e.into(),
-            DownloadError::Render {
-                video_id, format, ..
-            } => {
-                let error = crate::error_chain(&e);
-                tracing::error!(%video_id, %format, error, "cannot render the sheet");
-                Failure::new(StatusCode::INTERNAL_SERVER_ERROR, error)
-            }
-        }
+    fn from(error: DownloadError) -> Failure {
+        let (status, text) = error.answer();
+        Failure::new(status, text)
     }
 }
 

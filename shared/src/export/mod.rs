@@ -339,6 +339,17 @@ pub fn not_a_regular_file(path: &Path) -> io::Result<Option<&'static str>> {
     })
 }
 
+/// A dialogue line without a start frame, for the unit tests of the cells.
+#[cfg(test)]
+pub(crate) fn line(speaker: &str, text: &str, offscreen: bool) -> DialogueLine {
+    DialogueLine {
+        speaker: speaker.to_string(),
+        line: text.to_string(),
+        offscreen,
+        start_frame: None,
+    }
+}
+
 /// A complete one-chunk sheet at 25 fps, `duration_frames` long, without
 /// shots: what the unit tests of the formats start from.
 #[cfg(test)]
@@ -456,15 +467,6 @@ mod tests {
         assert_eq!(inert_cell("+44 20"), "'+44 20");
         assert_eq!(inert_cell("a street at night"), "a street at night");
         assert_eq!(inert_cell(""), "");
-    }
-
-    fn line(speaker: &str, text: &str, offscreen: bool) -> DialogueLine {
-        DialogueLine {
-            speaker: speaker.to_string(),
-            line: text.to_string(),
-            offscreen,
-            start_frame: None,
-        }
     }
 
     #[test]

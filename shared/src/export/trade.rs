@@ -264,15 +264,7 @@ pub(super) fn csv_bytes(sheet: &Sheet, lang: Lang) -> Result<Vec<u8>, ExportErro
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn line(speaker: &str, text: &str, offscreen: bool) -> DialogueLine {
-        DialogueLine {
-            speaker: speaker.to_string(),
-            line: text.to_string(),
-            offscreen,
-            start_frame: None,
-        }
-    }
+    use crate::export::line;
 
     #[test]
     fn speakers_stand_in_capitals_above_their_lines() {

@@ -104,6 +104,42 @@ pub enum DownloadError {
     },
 }
 
+impl DownloadError {
+    /// The status and error text both servers answer with: 409 while the
+    /// film has no sheet, [`db_answer`] for the database, 500 (logged here,
+    /// once) when the sheet cannot be rendered.
+    pub fn answer(self) -> (http::StatusCode, String) {
+        match self {
+            DownloadError::NotReady(why) => (http::StatusCode::CONFLICT, why),
+            DownloadError::Db(error) => db_answer(error),
+            DownloadError::Render {
+                video_id, format, ..
+            } => {
+                let error = crate::error_chain(&self);
+                tracing::error!(%video_id, %format, error, "cannot render the sheet");
+                (http::StatusCode::INTERNAL_SERVER_ERROR, error)
+            }
+        }
+    }
+}
+
+/// The status and error text both servers answer a database failure with:
+/// 404 an unknown film, 409 a film not in the state asked for or a refused
+/// argument, 503 what may pass on a retry, 500 the rest (logged here, once).
+pub fn db_answer(error: DbError) -> (http::StatusCode, String) {
+    use http::StatusCode;
+    let status = match &error {
+        DbError::NotFound(_) => StatusCode::NOT_FOUND,
+        DbError::NotReady(_) | DbError::InvalidArgument(_) => StatusCode::CONFLICT,
+        error if error.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    if status == StatusCode::INTERNAL_SERVER_ERROR {
+        tracing::error!(%error, "database call failed");
+    }
+    (status, error.to_string())
+}
+
 /// The film's stored sheet in `format` and `lang`, with its stored details,
 /// passed through `show` first (the API strips its source root there).
 pub async fn download(
